@@ -1,0 +1,89 @@
+"""The `zoo` command line: ``zoo list [PATTERN]``, ``zoo info NAME``.
+
+A user's mistake prints one line on stderr and exits with status 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from zoo.errors import ZooError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from zoo.registry import list_models, model_info
+
+    names = list_models(args.pattern, task=args.task)
+    if not names:
+        print(f"zoo: no model matches {args.pattern!r}; run `zoo list` to see them all", file=sys.stderr)
+        return 1
+    if args.names_only:
+        print("\n".join(names))
+        return 0
+    rows = [(n, model_info(n)) for n in names]
+    width = max(len(n) for n in names)
+    print(f"{'name':<{width}}  {'family':<8}  {'task':<14}  {'params':>12}  {'input':>11}  paper")
+    for n, c in rows:
+        size = "x".join(map(str, c.input_size))
+        print(f"{n:<{width}}  {c.family:<8}  {c.task:<14}  {c.num_params:>12,}  {size:>11}  {c.paper.year}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from zoo.registry import model_info
+
+    card = model_info(args.name)
+    if args.json:
+        print(json.dumps(card.as_dict(), indent=2))
+        return 0
+    p = card.paper
+    lines = [
+        f"{card.name}  ({card.family}, {card.task})",
+        f"  paper:          {p.title} ({p.authors}, {p.year})",
+        f"                  {p.url}",
+        f"  input size:     {'x'.join(map(str, card.input_size))} (C x H x W); "
+        f"minimum {card.min_input_size[0]}x{card.min_input_size[1]}",
+        f"  normalisation:  mean {card.mean}, std {card.std}",
+        f"  classes:        {card.num_classes}",
+        f"  parameters:     {card.num_params:,} (reference: {card.reference})",
+    ]
+    if card.notes:
+        lines.append(f"  notes:          {card.notes}")
+    print("\n".join(lines))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="The classic convolutional networks, by name.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list the registered models")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'vgg*'")
+    p.add_argument("--task", choices=["classification", "segmentation"])
+    p.add_argument("--names-only", action="store_true", help="print only the names")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("info", help="show a model's card")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ZooError as e:
+        if args.debug:
+            raise
+        print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The errors `zoo` raises for mistakes a user can fix.
+
+Every one carries a single line that says what was wrong and what to do. They
+subclass the built-in exception a Python user would expect (`ValueError`,
+`TypeError`, `KeyError`-like lookups are `ValueError`), so ordinary `except`
+clauses keep working, and share `ZooError` so the CLI can tell a user's mistake
+from a bug and print one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class of every user-facing error raised by `zoo`."""
+
+
+class UnknownModelError(ZooError, ValueError):
+    """A model name that is not in the registry."""
+
+
+class InvalidArgumentError(ZooError, TypeError):
+    """A keyword argument the model does not take, or a value of the wrong kind."""
+
+
+class ConfigurationError(ZooError, ValueError):
+    """A layer or model configuration that cannot work (e.g. a kernel larger than its input)."""
+
+
+class InputShapeError(ZooError, ValueError):
+    """An input tensor the model cannot take: wrong rank, dtype, channels or size."""
+
+
+class WeightsError(ZooError, ValueError):
+    """Weights that do not fit the model: missing, unexpected or mis-shaped keys."""

@@ -1,0 +1,182 @@
+"""Shared building blocks of every family.
+
+`ConvNormAct` is the workhorse; the rest are the layers the CNN literature teaches:
+gated convolution (Yu et al., "Free-Form Image Inpainting with Gated Convolution",
+ICCV 2019, https://arxiv.org/abs/1806.03589), L2-norm pooling, and global average and
+max pooling. Norm and activation layers are passed as classes (or `functools.partial`),
+never as strings; passing ``None`` leaves the layer out.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from functools import cache
+
+import torch
+from torch import Tensor, nn
+
+from zoo.arithmetic import same_padding
+from zoo.errors import ConfigurationError
+
+LayerFactory = Callable[..., nn.Module]
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def check_int(value: object, name: str, owner: str = "", *, minimum: int = 1) -> int:
+    """`value` if it is an int >= `minimum`, else a `ConfigurationError` saying which argument was wrong."""
+    where = f"{owner}: " if owner else ""
+    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{where}{name} must be {kind}, got {value!r}")
+    return value
+
+
+def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2:
+        raise ConfigurationError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return pair  # type: ignore[return-value]
+
+
+@cache
+def _takes_inplace(factory: LayerFactory) -> bool:
+    try:
+        return "inplace" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def make_act(act_layer: LayerFactory | None) -> nn.Module:
+    """An activation instance (in place where the class allows it), or Identity for None."""
+    if act_layer is None:
+        return nn.Identity()
+    return act_layer(inplace=True) if _takes_inplace(act_layer) else act_layer()
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution, then normalisation, then activation; children ``conv``, ``norm``, ``act``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: int or (kH, kW); 1 gives a pointwise (1x1) conv.
+        stride: int or pair.
+        padding: int or pair; None (default) pads "same" for odd kernels, d(k-1)/2.
+        dilation: int or pair.
+        groups: channel groups (``groups=in_channels`` is a depthwise conv).
+        bias: conv bias; None (default) means a bias exactly when there is no norm layer.
+        norm_layer: a class or partial called with the channel count; None drops it.
+        act_layer: a class or partial (built in place when it can be); None drops it.
+        padding_mode: "zeros", "reflect", "replicate" or "circular".
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        *,
+        bias: bool | None = None,
+        norm_layer: LayerFactory | None = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        check_int(in_channels, "in_channels", "ConvNormAct")
+        check_int(out_channels, "out_channels", "ConvNormAct")
+        check_int(groups, "groups", "ConvNormAct")
+        if in_channels % groups or out_channels % groups:
+            raise ConfigurationError(
+                f"ConvNormAct: groups={groups} must divide in_channels ({in_channels}) "
+                f"and out_channels ({out_channels})"
+            )
+        if padding_mode not in PADDING_MODES:
+            raise ConfigurationError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+        k, d = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation")
+        if padding is None:
+            padding = (same_padding(k[0], d[0]), same_padding(k[1], d[1]))
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            k,
+            stride,
+            padding,
+            d,
+            groups,
+            bias=norm_layer is None if bias is None else bias,
+            padding_mode=padding_mode,
+        )
+        if norm_layer is not None:
+            self.norm = norm_layer(out_channels)
+        if act_layer is not None:
+            self.act = make_act(act_layer)
+
+
+class GatedConv2d(nn.Module):
+    """Gated convolution (Yu et al. 2019): ``act(feature(x)) * sigmoid(gate(x))``.
+
+    Two convolutions of the same shape; the gate learns, per pixel and channel, how much
+    of the feature to let through (the paper's remedy for holes in inpainting).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation: as `ConvNormAct`.
+        act_layer: the activation of the feature branch (the paper's phi, ELU in its
+            experiments); None gives the plain product.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        *,
+        act_layer: LayerFactory | None = nn.ELU,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = same_padding(kernel_size, dilation)
+        self.feature = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self.gate = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self.act = make_act(act_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.feature(x)) * torch.sigmoid(self.gate(x))
+
+
+class L2Pool2d(nn.LPPool2d):
+    """L2-norm pooling: the square root of the sum of squares in each window."""
+
+    def __init__(
+        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None, ceil_mode: bool = False
+    ) -> None:
+        super().__init__(2, kernel_size, stride, ceil_mode)
+
+
+class GlobalAvgPool2d(nn.Module):
+    """Mean over the spatial axes: (B, C, H, W) -> (B, C), or (B, C, 1, 1) with ``flatten=False``."""
+
+    def __init__(self, flatten: bool = True) -> None:
+        super().__init__()
+        self.flatten = flatten
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((-2, -1), keepdim=not self.flatten)
+
+
+class GlobalMaxPool2d(nn.Module):
+    """Max over the spatial axes: (B, C, H, W) -> (B, C), or (B, C, 1, 1) with ``flatten=False``."""
+
+    def __init__(self, flatten: bool = True) -> None:
+        super().__init__()
+        self.flatten = flatten
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.amax((-2, -1), keepdim=not self.flatten)
