@@ -19,6 +19,7 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from zoo.errors import InvalidArgumentError, UnknownModelError
@@ -185,8 +186,12 @@ def _lookup(name: str) -> _Entry:
     raise UnknownModelError(f"unknown model {name!r}; {hint}")
 
 
-def create(name: str, **overrides: Any) -> Any:
+def create(name: str, *, weights: str | Path | None = None, **overrides: Any) -> Any:
     """Build the registered model `name`; `overrides` are its constructor's keyword arguments.
+
+    `weights` loads a weights file from disk (never downloads, never runs code): a path to a
+    state dict or safetensors file with zoo's, torchvision's or timm's key names, or
+    ``"torchvision"`` for torchvision's default weights already in the torch hub cache.
 
     >>> m = create("lenet5", num_classes=10)
     >>> m.num_classes
@@ -203,10 +208,14 @@ def create(name: str, **overrides: Any) -> Any:
         close = difflib.get_close_matches(key, entry.arguments, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise InvalidArgumentError(
-            f"{name} got an unexpected argument {key!r}; {hint}valid arguments: {', '.join(entry.arguments)}"
+            f"{name} got an unexpected argument {key!r}; {hint}valid arguments: {', '.join(entry.arguments)}, weights"
         )
     model = entry.cls(entry.card.config, **overrides)
     model.card = entry.card
+    if weights is not None:
+        from zoo.weights import load_weights
+
+        load_weights(model, weights)
     return model
 
 

@@ -10,6 +10,9 @@ Keys are module (or full parameter) paths; a state-dict key is translated by its
 longest mapped prefix (``stages.0.0.conv.weight`` -> ``features.0.weight``). The import
 is strict: every key of the zoo model must be found, every key of the source must be
 used, every shape must agree; otherwise one `WeightsError` lists what did not fit.
+The one exception is a target the key map wraps in `Reshape`: its tensors are reshaped
+to the zoo model's shape when the number of elements agrees (timm stores ConvNeXt's
+layer scale as (C,), torchvision and zoo as (C, 1, 1)).
 
 Files are read with ``torch.load(weights_only=True)`` or as safetensors, so a weights
 file never runs code.
@@ -28,12 +31,22 @@ from zoo.errors import WeightsError
 SOURCES = ("torchvision", "timm")
 
 
+class Reshape(str):
+    """A key-map target whose tensors may be reshaped to the zoo model's shape (same number of elements).
+
+    ``{"stages.0.blocks.0.layer_scale": Reshape("stages.0.blocks.0.gamma")}`` loads timm's (C,)
+    layer scale into a (C, 1, 1) parameter; without `Reshape` a shape difference is an error.
+    """
+
+
 def _translate(key: str, key_map: Mapping[str, str]) -> str | None:
     parts = key.split(".")
     for cut in range(len(parts), 0, -1):
         prefix = ".".join(parts[:cut])
         if prefix in key_map:
-            return ".".join([key_map[prefix], *parts[cut:]])
+            target = key_map[prefix]
+            joined = ".".join([target, *parts[cut:]])
+            return Reshape(joined) if isinstance(target, Reshape) else joined
     return None
 
 
@@ -42,32 +55,23 @@ def _listing(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def convert_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "torchvision") -> dict:
-    """Translate a reference library's `state_dict` into the zoo model's key names, checking everything.
-
-    Raises:
-        WeightsError: the model has no key map for `source`, or keys are missing, left over or mis-shaped.
-    """
-    if source not in SOURCES:
-        raise WeightsError(f"unknown weights source {source!r}; expected one of {', '.join(SOURCES)}")
+def _convert(model: nn.Module, state_dict: Mapping[str, Tensor], key_map: Mapping[str, str], label: str) -> dict:
     name = getattr(model, "model_name", type(model).__name__)
-    get_map = getattr(model, f"{source}_key_map", None)
-    if get_map is None:
-        raise WeightsError(f"{name} has no {source} counterpart to import weights from")
-    key_map = get_map()
     ours = model.state_dict()
     converted, missing, mismatched = {}, [], []
     used = set()
     for key, value in ours.items():
         theirs = _translate(key, key_map)
         if theirs is None or theirs not in state_dict:
-            missing.append(f"{key} (<- {theirs})" if theirs else key)
+            missing.append(f"{key} (<- {theirs})" if theirs and theirs != key else key)
             continue
         tensor = state_dict[theirs]
         used.add(theirs)
         if tuple(tensor.shape) != tuple(value.shape):
-            mismatched.append(f"{theirs} {tuple(tensor.shape)} -> {key} {tuple(value.shape)}")
-            continue
+            if not (isinstance(theirs, Reshape) and tensor.numel() == value.numel()):
+                mismatched.append(f"{theirs} {tuple(tensor.shape)} -> {key} {tuple(value.shape)}")
+                continue
+            tensor = tensor.reshape(value.shape)
         converted[key] = tensor
     unexpected = [k for k in state_dict if k not in used]
     problems = []
@@ -79,10 +83,25 @@ def convert_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], sourc
         problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if problems:
         raise WeightsError(
-            f"{source} weights do not fit {name}: {'; '.join(problems)}. "
-            "Check that both models were built with the same variant, in_channels and num_classes."
+            f"{label} weights do not fit {name}: {'; '.join(problems)}. "
+            "Check that both were built with the same variant, in_channels and num_classes."
         )
     return converted
+
+
+def convert_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "torchvision") -> dict:
+    """Translate a reference library's `state_dict` into the zoo model's key names, checking everything.
+
+    Raises:
+        WeightsError: the model has no key map for `source`, or keys are missing, left over or mis-shaped.
+    """
+    if source not in SOURCES:
+        raise WeightsError(f"unknown weights source {source!r}; expected one of {', '.join(SOURCES)}")
+    get_map = getattr(model, f"{source}_key_map", None)
+    if get_map is None:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise WeightsError(f"{name} has no {source} counterpart to import weights from")
+    return _convert(model, state_dict, get_map(), source)
 
 
 def import_weights(model: nn.Module, source_weights: Mapping[str, Tensor] | nn.Module, source: str = "torchvision"):
@@ -121,3 +140,49 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
         raise WeightsError(f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)")
     return data
+
+
+def torchvision_cache_path(model: nn.Module) -> Path:
+    """Where torchvision keeps the default ImageNet weights of this model (the torch hub cache); nothing downloads."""
+    card = getattr(model, "card", None)
+    reference = card.reference if card is not None else ""
+    if not reference.startswith("torchvision.models."):
+        name = getattr(model, "model_name", type(model).__name__)
+        raise WeightsError(f"{name} has no torchvision weights; pass weights=PATH to a file of your own")
+    import torchvision
+
+    tv_name = reference.removeprefix("torchvision.models.")
+    url = torchvision.models.get_model_weights(tv_name).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise WeightsError(
+            f"no torchvision weights for {card.name} on disk: looked for {path}; zoo never downloads, "
+            f"so fetch {url} there yourself (or pass weights=PATH)"
+        )
+    return path
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
+    """Load a weights file into `model`, strictly; returns the model.
+
+    `weights` is a path (zoo's own keys, or torchvision's / timm's, translated by the family's
+    key map) or ``"torchvision"`` for torchvision's default weights already in the torch hub cache.
+    """
+    path = torchvision_cache_path(model) if str(weights) == "torchvision" else Path(weights)
+    state_dict = load_file(path)
+    ours = model.state_dict()
+    if set(state_dict) & set(ours):  # zoo's own layout
+        model.load_state_dict(_convert(model, state_dict, {k: k for k in ours}, f"the {str(path)!r}"))
+        return model
+    errors = []
+    for source in SOURCES:
+        if hasattr(model, f"{source}_key_map"):
+            try:
+                model.load_state_dict(convert_state_dict(model, state_dict, source))
+                return model
+            except WeightsError as e:
+                errors.append(e)
+    if errors:
+        raise errors[0]
+    name = getattr(model, "model_name", type(model).__name__)
+    raise WeightsError(f"the weights in {str(path)!r} do not fit {name}: none of their keys are the model's")

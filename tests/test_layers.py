@@ -1,0 +1,107 @@
+"""Shared blocks: ConvNormAct options, gated convolution, and the pooling layers on the worked example."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.errors import ConfigurationError
+from zoo.layers import ConvNormAct, GatedConv2d, GlobalAvgPool2d, GlobalMaxPool2d, L2Pool2d
+
+X = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 1], [3, 4, 7, 2], [1, 2, 1, 0]], dtype=torch.float32)[None, None]
+
+
+def test_max_pool_worked_example():
+    assert nn.MaxPool2d(2, 2)(X)[0, 0].tolist() == [[5, 6], [4, 7]]
+
+
+def test_average_pool_worked_example():
+    assert nn.AvgPool2d(2, 2)(X)[0, 0].tolist() == [[3, 2.5], [2.5, 2.5]]
+
+
+def test_l2_pool_worked_example():
+    expected = torch.tensor([[math.sqrt(46), math.sqrt(46)], [math.sqrt(30), math.sqrt(54)]])
+    torch.testing.assert_close(L2Pool2d(2, 2)(X)[0, 0], expected)
+
+
+def test_global_pools():
+    assert GlobalAvgPool2d()(X).tolist() == [[2.625]]
+    assert GlobalMaxPool2d()(X).tolist() == [[7.0]]
+    assert GlobalAvgPool2d(flatten=False)(X).shape == (1, 1, 1, 1)
+    assert GlobalMaxPool2d(flatten=False)(X).shape == (1, 1, 1, 1)
+
+
+def test_conv_norm_act_defaults():
+    m = ConvNormAct(3, 8)
+    assert [name for name, _ in m.named_children()] == ["conv", "norm", "act"]
+    assert m.conv.padding == (1, 1) and m.conv.bias is None
+    assert isinstance(m.norm, nn.BatchNorm2d) and isinstance(m.act, nn.ReLU) and m.act.inplace
+    assert m(torch.randn(2, 3, 9, 9)).shape == (2, 8, 9, 9)
+
+
+def test_conv_norm_act_drops_layers_and_keeps_bias_without_norm():
+    m = ConvNormAct(3, 8, norm_layer=None, act_layer=None)
+    assert [name for name, _ in m.named_children()] == ["conv"]
+    assert m.conv.bias is not None
+    assert ConvNormAct(3, 8, bias=True).conv.bias is not None
+
+
+def test_conv_norm_act_injectable_norm_and_act():
+    m = ConvNormAct(4, 8, norm_layer=partial(nn.GroupNorm, 2), act_layer=nn.GELU)
+    assert isinstance(m.norm, nn.GroupNorm) and m.norm.num_groups == 2 and isinstance(m.act, nn.GELU)
+    m(torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_padding_modes(mode):
+    m = ConvNormAct(1, 1, 3, padding_mode=mode, norm_layer=None, act_layer=None)
+    nn.init.ones_(m.conv.weight)
+    nn.init.zeros_(m.conv.bias)
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    out = m(x)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="constant" if mode == "zeros" else mode)
+    torch.testing.assert_close(out, torch.nn.functional.avg_pool2d(padded, 3, 1) * 9)
+
+
+def test_dilation_groups_and_pointwise():
+    assert ConvNormAct(4, 4, 3, dilation=2)(torch.randn(1, 4, 10, 10)).shape == (1, 4, 10, 10)
+    dw = ConvNormAct(4, 8, 3, groups=4)
+    assert dw.conv.weight.shape == (8, 1, 3, 3)
+    pw = ConvNormAct(4, 8, 1)
+    assert pw.conv.weight.shape == (8, 4, 1, 1) and pw.conv.padding == (0, 0)
+    assert ConvNormAct(4, 8, (1, 7)).conv.padding == (0, 3)
+    assert ConvNormAct(4, 8, 3, stride=2)(torch.randn(1, 4, 10, 10)).shape == (1, 8, 5, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"in_channels": 0, "out_channels": 4}, "in_channels must be a positive integer, got 0"),
+        ({"in_channels": 4, "out_channels": 2.0}, "out_channels must be a positive integer"),
+        ({"in_channels": 4, "out_channels": 6, "groups": 4}, "groups=4 must divide"),
+        ({"in_channels": 4, "out_channels": 4, "padding_mode": "mirror"}, "padding_mode must be one of"),
+        ({"in_channels": 4, "out_channels": 4, "kernel_size": 2}, "no symmetric 'same' padding"),
+    ],
+)
+def test_conv_norm_act_errors(kwargs, message):
+    with pytest.raises(ConfigurationError, match=message):
+        ConvNormAct(**kwargs)
+
+
+def test_gated_conv_is_feature_times_sigmoid_gate():
+    torch.manual_seed(0)
+    g = GatedConv2d(3, 5, act_layer=None)
+    x = torch.randn(2, 3, 8, 8)
+    expected = g.feature(x) * torch.sigmoid(g.gate(x))
+    torch.testing.assert_close(g(x), expected)
+    assert g(x).shape == (2, 5, 8, 8)
+    elu = GatedConv2d(3, 5)
+    torch.testing.assert_close(elu(x), nn.functional.elu(elu.feature(x)) * torch.sigmoid(elu.gate(x)))
+    # a gate driven far negative closes the output
+    nn.init.constant_(g.gate.bias, -1e4)
+    assert g(x).abs().max() == 0
