@@ -1,0 +1,205 @@
+"""ResNet family: parameter counts, torchvision parity, the CIFAR networks' option A shortcuts, options."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import zoo
+from zoo.errors import ConfigurationError, InputShapeError, WeightsError
+from zoo.models.resnet import BasicBlock, Bottleneck, ResNet, ResNetConfig, ZeroPadShortcut
+from zoo.weights import import_weights
+
+IMAGENET = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "wide_resnet50_2": 68_883_240,
+}
+# He et al. 2015, Table 6: the paper's counts (in millions) and the exact counts with 10 classes.
+CIFAR = {
+    "resnet20": (269_722, "0.27"),
+    "resnet32": (464_154, "0.46"),
+    "resnet44": (658_586, "0.66"),
+    "resnet56": (853_018, "0.85"),
+    "resnet110": (1_727_962, "1.7"),
+}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_parameter_counts_match_torchvision(name):
+    with torch.device("meta"):
+        ours = zoo.create(name)
+        theirs = getattr(torchvision.models, name)()
+    assert n_params(ours) == IMAGENET[name] == n_params(theirs) == zoo.model_info(name).num_params
+
+
+@pytest.mark.parametrize("name", CIFAR)
+def test_cifar_parameter_counts_match_the_paper(name):
+    exact, paper = CIFAR[name]
+    model = zoo.create(name)
+    assert n_params(model) == exact == zoo.model_info(name).num_params
+    assert f"{exact / 1e6:.{len(paper.split('.')[1])}f}" == paper
+    n = (int(name.removeprefix("resnet")) - 2) // 6
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) + 1 == 6 * n + 2  # 6n + 1 convs and the linear layer: no conv in any shortcut
+    assert not any(
+        isinstance(m, nn.Conv2d) for s in model.modules() if isinstance(s, ZeroPadShortcut) for m in s.modules()
+    )
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    """Non-trivial batch-norm statistics and affine parameters, so that a swapped norm would show."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.2, 0.6)
+            m.bias.data.uniform_(-0.2, 0.2)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
+def test_torchvision_weights_give_the_same_outputs(name):
+    torch.manual_seed(0)
+    theirs = getattr(torchvision.models, name)().eval()
+    _randomise_norms(theirs)
+    ours = import_weights(zoo.create(name), theirs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = theirs(x)
+        got = ours(x)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_stages_are_torchvisions_intermediate_outputs():
+    """stem (stride 2), layer1 (4) ... layer4 (32): what a U-Net decoder takes as skips."""
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18().eval()
+    _randomise_norms(tv)
+    ours = import_weights(zoo.create("resnet18"), tv).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages = ours.forward_stages(x)
+        y = tv.relu(tv.bn1(tv.conv1(x)))
+        expected = [y]
+        y = tv.maxpool(y)
+        for layer in (tv.layer1, tv.layer2, tv.layer3, tv.layer4):
+            y = layer(y)
+            expected.append(y)
+    assert ours.stage_strides == (2, 4, 8, 16, 32)
+    assert ours.stage_channels == (64, 64, 128, 256, 512)
+    for s, e, stride in zip(stages, expected, ours.stage_strides, strict=True):
+        assert s.shape[-1] == 64 // stride
+        assert (s - e).abs().max().item() <= 1e-5
+
+
+def test_cifar_stages():
+    model = zoo.create("resnet20").eval()
+    assert model.num_classes == 10 and zoo.model_info("resnet20").input_size == (3, 32, 32)
+    with torch.no_grad():
+        shapes = [tuple(s.shape[1:]) for s in model.forward_stages(torch.randn(2, 3, 32, 32))]
+    assert shapes == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    assert model.stage_strides == (1, 2, 4)
+    assert zoo.create("resnet20", num_classes=100).fc.out_features == 100
+
+
+def test_option_a_shortcut_subsamples_and_pads_with_zeros():
+    x = torch.randn(2, 16, 7, 7)
+    y = ZeroPadShortcut(16, 32, 2)(x)
+    assert y.shape == (2, 32, 4, 4)  # the same grid as a 3x3 stride-2 conv with padding 1
+    assert torch.equal(y[:, :16], x[:, :, ::2, ::2])
+    assert not y[:, 16:].any()
+    with pytest.raises(ConfigurationError, match="fewer"):
+        ZeroPadShortcut(32, 16, 2)
+
+
+def test_bottleneck_strides_in_the_3x3_conv():
+    """v1.5: the stride sits in the 3x3 conv, not in the first 1x1 (see the module docstring)."""
+    block = Bottleneck(256, 128, 2)
+    assert block.conv1.conv.stride == (1, 1)
+    assert block.conv2.conv.stride == (2, 2)
+    assert block.downsample.conv.stride == (2, 2) and block.downsample.conv.kernel_size == (1, 1)
+
+
+def test_spatial_chain_is_the_main_path():
+    model = zoo.create("resnet50")
+    chain = model.spatial_chain()
+    assert [g.name for g in chain[:2]] == ["stages.0.stem.conv", "stages.1.pool"]
+    assert len(chain) == 2 + 3 * 16  # stem conv, max pool, three convs per bottleneck
+    assert not any("downsample" in g.name for g in chain)
+    for name in ("resnet18", "resnet50", "resnet20"):
+        assert zoo.create(name).min_input_size == zoo.model_info(name).min_input_size == (1, 1)
+
+
+def test_too_small_input_is_refused():
+    model = zoo.create("resnet18")
+    with pytest.raises(InputShapeError, match="at least 1x1, got 0x8"):
+        model(torch.randn(1, 3, 0, 8))
+    with pytest.raises(InputShapeError, match="expects 3 input channel"):
+        model(torch.randn(1, 1, 32, 32))
+
+
+def test_cifar_networks_have_no_torchvision_counterpart():
+    with pytest.raises(WeightsError, match="no torchvision counterpart"):
+        import_weights(zoo.create("resnet20"), torchvision.models.resnet18())
+
+
+def test_wrong_variant_weights_are_refused():
+    with pytest.raises(WeightsError, match="do not fit"):
+        import_weights(zoo.create("resnet18"), torchvision.models.resnet34())
+
+
+def test_zero_init_residual():
+    model = zoo.create("resnet18", zero_init_residual=True).eval()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert all(not b.conv2.norm.weight.any() for b in blocks)
+    assert all(b.conv1.norm.weight.all() for b in blocks)
+    x = torch.randn(2, 64, 8, 8).relu()
+    with torch.no_grad():
+        assert torch.equal(blocks[0](x), x)  # every block starts as the identity
+
+
+def test_drop_path_and_drop_rate():
+    torch.manual_seed(0)
+    plain = zoo.create("resnet20")
+    dropped = zoo.create("resnet20", drop_path_rate=0.2, drop_rate=0.3)
+    rates = [b.drop_path.drop_prob if b.drop_path else 0.0 for b in dropped.modules() if isinstance(b, BasicBlock)]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
+    assert dropped.head_drop.p == 0.3
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), dropped.eval()(x))  # both are off in eval mode
+        torch.manual_seed(1)
+        assert not torch.equal(plain.train()(x), dropped.train()(x))
+
+
+def test_norm_and_act_layers():
+    model = zoo.create("resnet20", norm_layer=None, act_layer=nn.SiLU)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert any(isinstance(m, nn.SiLU) for m in model.modules())
+    gn = zoo.create("resnet20", norm_layer=partial(nn.GroupNorm, 4), in_channels=1)
+    assert gn(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_bad_configurations():
+    with pytest.raises(ConfigurationError, match="BasicBlock takes only groups=1"):
+        ResNet(ResNetConfig(BasicBlock, (2, 2, 2, 2), groups=32))
+    with pytest.raises(ConfigurationError, match="shortcut must be 'A'"):
+        ResNet(ResNetConfig(BasicBlock, (2, 2, 2, 2), shortcut="C"))
+    with pytest.raises(ConfigurationError, match="same length"):
+        ResNet(ResNetConfig(BasicBlock, (2, 2, 2)))
+    with pytest.raises(ConfigurationError, match="drop_rate must be in"):
+        zoo.create("resnet20", drop_rate=1.5)

@@ -1,0 +1,498 @@
+"""ResNet: He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
+https://arxiv.org/abs/1512.03385; with the ResNeXt (Xie et al., "Aggregated Residual
+Transformations for Deep Neural Networks", CVPR 2017, https://arxiv.org/abs/1611.05431)
+and wide (Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016,
+https://arxiv.org/abs/1605.07146) bottleneck variants.
+
+Two kinds of network, both rows of one variant table:
+
+The ImageNet networks (`resnet18` ... `resnet152`, `resnext50_32x4d`, `wide_resnet50_2`)
+are built as torchvision builds them, so its weights load one to one and the parameter
+counts agree. Where they depart from the paper:
+- The bottleneck puts the stride of a downsampling block in its 3x3 conv ("ResNet v1.5",
+  torchvision's choice); the paper (and Caffe's original models) put it in the first 1x1
+  conv, which then throws away three quarters of its input. v1.5 is about 0.5% more
+  accurate on ImageNet and costs about 6% more compute (4.1 vs 3.9 GMACs for ResNet-50).
+  BasicBlock networks (18, 34) are unaffected.
+- Shortcuts are the paper's option B: identity where shapes agree, a 1x1 conv (stride 2
+  where the grid halves) plus batch norm where they do not.
+- The head is a global average pool and one linear layer as in the paper, with an
+  optional dropout in between (`drop_rate`, default 0: the paper has none).
+- `resnext50_32x4d` is the ResNeXt paper's ResNeXt-50 (32x4d) in its grouped-conv form
+  (template (c) of its Figure 3), with the v1.5 stride as above; `wide_resnet50_2` is the
+  WRN paper's ImageNet network WRN-50-2-bottleneck (the 3x3 and inner 1x1 widths doubled),
+  not its CIFAR WRN-d-k networks.
+- `zero_init_residual=True` (off by default, as in torchvision) starts the last batch
+  norm of every block at zero (Goyal et al. 2017, "Accurate, Large Minibatch SGD"), so
+  that every block starts as the identity; `drop_path_rate` adds stochastic depth (Huang
+  et al. 2016), rising linearly from 0 at the first block to the rate at the last, with
+  timm's DropPath. Neither is in the paper.
+
+The CIFAR networks of the paper's section 4.2 (`resnet20`, `resnet32`, `resnet44`,
+`resnet56`, `resnet110`, depth 6n + 2): a 3x3 conv of 16 filters at stride 1, three
+stages of n basic blocks with 16, 32 and 64 filters on 32x32, 16x16 and 8x8 maps, a
+global average pool and a 10-way linear layer. Every shortcut is the identity (option A):
+where a stage halves the grid and doubles the width, the shortcut takes every second
+pixel and appends zero channels, so it has no parameters. The paper's counts are 0.27M,
+0.46M, 0.66M, 0.85M and 1.7M; ours are exact (resnet20: 269,722). Departures: the card
+normalises each channel with CIFAR-10's mean and std, where the paper subtracts the
+per-pixel mean only; the zero channels are appended after the existing ones (the paper
+does not say where; any placement is equivalent up to a permutation of the learned
+filters).
+
+Stages (`forward_stages`, `stage_strides`): for the ImageNet networks, the stem
+(7x7 conv, batch norm, ReLU, stride 2, 64 channels), then max pool + layer1 (stride 4),
+layer2 (8), layer3 (16), layer4 (32) - the stem is a stage of its own because it is the
+only output at stride 2, which a U-Net decoder wants as its shallowest skip. For the CIFAR
+networks the stem is at stride 1, the same as the first stage, so it is the first layer
+of that stage: stage1 (stride 1, 16 channels), stage2 (2, 32), stage3 (4, 64).
+Every conv is padded to keep the grid, so both kinds take inputs down to 1x1 (in training
+mode batch norm needs more than one value per channel there: a batch of at least 2).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.arithmetic import LayerGeometry, module_chain
+from zoo.errors import ConfigurationError, WeightsError
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, check_int, make_act
+from zoo.models.base import ZooModel
+from zoo.registry import Paper, Variant, register_model
+
+PAPER = Paper(
+    "Deep Residual Learning for Image Recognition",
+    2015,
+    "https://arxiv.org/abs/1512.03385",
+    "K. He, X. Zhang, S. Ren, J. Sun",
+)
+RESNEXT_PAPER = Paper(
+    "Aggregated Residual Transformations for Deep Neural Networks",
+    2017,
+    "https://arxiv.org/abs/1611.05431",
+    "S. Xie, R. Girshick, P. Dollar, Z. Tu, K. He",
+)
+WRN_PAPER = Paper("Wide Residual Networks", 2016, "https://arxiv.org/abs/1605.07146", "S. Zagoruyko, N. Komodakis")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+SHORTCUTS = ("A", "B")
+
+
+class ZeroPadShortcut(nn.Module):
+    """The paper's option A shortcut: keep every `stride`-th pixel, then append zero channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ConfigurationError(
+                f"a zero-padding (option A) shortcut cannot go from {in_channels} to fewer ({out_channels}) "
+                "channels; use shortcut='B'"
+            )
+        self.stride = stride
+        self.extra = out_channels - in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))  # zeros after the last channel
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra_channels={self.extra}"
+
+
+def _shortcut(
+    in_channels: int, out_channels: int, stride: int, kind: str, norm_layer: LayerFactory | None
+) -> nn.Module | None:
+    """None (the identity) where shapes agree; otherwise option A or B."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    if kind == "A":
+        return ZeroPadShortcut(in_channels, out_channels, stride)
+    return ConvNormAct(in_channels, out_channels, 1, stride, norm_layer=norm_layer, act_layer=None)
+
+
+class _ResidualBlock(nn.Module):
+    """What the two block types share: the shortcut, stochastic depth, the add and the last activation."""
+
+    expansion: int
+    num_convs: int
+    downsample: nn.Module | None
+    drop_path: nn.Module | None
+    act: nn.Module
+
+    def _finish(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        out += x if self.downsample is None else self.downsample(x)  # in place: no extra copy
+        return self.act(out)
+
+    def last_norm(self) -> nn.Module | None:
+        """The norm layer right before the addition (zeroed by ``zero_init_residual``)."""
+        return getattr(getattr(self, f"conv{self.num_convs}"), "norm", None)
+
+
+def _drop_path(rate: float) -> nn.Module | None:
+    if rate <= 0:
+        return None
+    from timm.layers import DropPath  # lazily: `import zoo` imports torch only
+
+    return DropPath(rate)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs and a shortcut (the paper's Figure 2, left); the first conv carries the stride.
+
+    Args:
+        in_channels: input channels.
+        planes: the width of both convs (the output width: ``expansion`` is 1).
+        stride: stride of the first conv (and of the shortcut).
+        groups, width_per_group: must be 1 and 64 (a basic block has no grouped form).
+        shortcut: "A" (zero padding) or "B" (1x1 projection) where shapes change.
+        norm_layer, act_layer: as `ConvNormAct`.
+        drop_path_rate: probability of dropping the residual branch per sample while training.
+    """
+
+    expansion = 1
+    num_convs = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        width_per_group: int = 64,
+        shortcut: str = "B",
+        norm_layer: LayerFactory | None = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if groups != 1 or width_per_group != 64:
+            raise ConfigurationError(
+                f"BasicBlock takes only groups=1 and width_per_group=64 (got {groups} and {width_per_group}); "
+                "use Bottleneck for grouped (ResNeXt) or wide blocks"
+            )
+        self.conv1 = ConvNormAct(in_channels, planes, 3, stride, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv2 = ConvNormAct(planes, planes, 3, norm_layer=norm_layer, act_layer=None)
+        self.downsample = _shortcut(in_channels, planes, stride, shortcut, norm_layer)
+        self.drop_path = _drop_path(drop_path_rate)
+        self.act = make_act(act_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._finish(self.conv2(self.conv1(x)), x)
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce, 3x3 (grouped for ResNeXt, carrying the stride: "v1.5"), 1x1 expand by 4, and a shortcut.
+
+    Args:
+        in_channels: input channels.
+        planes: the block's nominal width; the output has ``4 * planes`` channels.
+        stride: stride of the 3x3 conv (and of the shortcut).
+        groups: groups of the 3x3 conv (ResNeXt's cardinality).
+        width_per_group: the inner width is ``planes * width_per_group / 64 * groups``
+            (64 and 1 give ``planes``; 128 gives the wide ResNet's doubled width).
+        shortcut: "A" (zero padding) or "B" (1x1 projection) where shapes change.
+        norm_layer, act_layer: as `ConvNormAct`.
+        drop_path_rate: probability of dropping the residual branch per sample while training.
+    """
+
+    expansion = 4
+    num_convs = 3
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        width_per_group: int = 64,
+        shortcut: str = "B",
+        norm_layer: LayerFactory | None = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        width = planes * width_per_group // 64 * groups
+        out_channels = planes * self.expansion
+        self.conv1 = ConvNormAct(in_channels, width, 1, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv2 = ConvNormAct(width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv3 = ConvNormAct(width, out_channels, 1, norm_layer=norm_layer, act_layer=None)
+        self.downsample = _shortcut(in_channels, out_channels, stride, shortcut, norm_layer)
+        self.drop_path = _drop_path(drop_path_rate)
+        self.act = make_act(act_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._finish(self.conv3(self.conv2(self.conv1(x))), x)
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """One row of the variant table.
+
+    `widths` are the blocks' nominal widths per stage (a bottleneck outputs 4x); the first
+    stage keeps the stem's grid, every later one halves it in its first block.
+    """
+
+    block: type[BasicBlock] | type[Bottleneck]
+    depths: tuple[int, ...]  # blocks per stage
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    groups: int = 1  # of the bottleneck's 3x3 conv (ResNeXt cardinality)
+    width_per_group: int = 64
+    stem_width: int = 64
+    stem_kernel: int = 7
+    stem_stride: int = 2
+    stem_pool: bool = True  # a 3x3 stride-2 max pool after the stem
+    shortcut: str = "B"  # "A": parameter-free zero padding; "B": 1x1 projection where shapes change
+    num_classes: int = 1000  # the default of the dataset the variant was designed for
+
+
+def _imagenet(
+    block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...], groups: int = 1, width_per_group: int = 64
+) -> ResNetConfig:
+    return ResNetConfig(block, depths, groups=groups, width_per_group=width_per_group)
+
+
+def _cifar(n: int) -> ResNetConfig:
+    """The paper's 6n+2-layer CIFAR-10 network."""
+    return ResNetConfig(
+        BasicBlock,
+        (n, n, n),
+        (16, 32, 64),
+        stem_width=16,
+        stem_kernel=3,
+        stem_stride=1,
+        stem_pool=False,
+        shortcut="A",
+        num_classes=10,
+    )
+
+
+def _tv(name: str, config: ResNetConfig, num_params: int, paper: Paper | None = None) -> Variant:
+    return Variant(config, num_params, f"torchvision.models.{name}", paper=paper)
+
+
+def _paper(config: ResNetConfig, num_params: int, table_count: str) -> Variant:
+    return Variant(config, num_params, f"He et al. 2015, section 4.2 and Table 6 ({table_count} parameters)")
+
+
+@register_model(
+    family="resnet",
+    paper=PAPER,
+    input_size=(3, 32, 32),
+    min_input_size=(1, 1),
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    num_classes=10,
+    variants={
+        "resnet20": _paper(_cifar(3), 269_722, "0.27M"),
+        "resnet32": _paper(_cifar(5), 464_154, "0.46M"),
+        "resnet44": _paper(_cifar(7), 658_586, "0.66M"),
+        "resnet56": _paper(_cifar(9), 853_018, "0.85M"),
+        "resnet110": _paper(_cifar(18), 1_727_962, "1.7M"),
+    },
+)
+@register_model(
+    family="resnet",
+    paper=PAPER,
+    input_size=(3, 224, 224),
+    min_input_size=(1, 1),
+    variants={
+        "resnet18": _tv("resnet18", _imagenet(BasicBlock, (2, 2, 2, 2)), 11_689_512),
+        "resnet34": _tv("resnet34", _imagenet(BasicBlock, (3, 4, 6, 3)), 21_797_672),
+        "resnet50": _tv("resnet50", _imagenet(Bottleneck, (3, 4, 6, 3)), 25_557_032),
+        "resnet101": _tv("resnet101", _imagenet(Bottleneck, (3, 4, 23, 3)), 44_549_160),
+        "resnet152": _tv("resnet152", _imagenet(Bottleneck, (3, 8, 36, 3)), 60_192_808),
+        "resnext50_32x4d": _tv(
+            "resnext50_32x4d", _imagenet(Bottleneck, (3, 4, 6, 3), 32, 4), 25_028_904, RESNEXT_PAPER
+        ),
+        "wide_resnet50_2": _tv(
+            "wide_resnet50_2", _imagenet(Bottleneck, (3, 4, 6, 3), width_per_group=128), 68_883_240, WRN_PAPER
+        ),
+    },
+)
+class ResNet(ZooModel):
+    """A residual network: stem, stages of basic or bottleneck blocks, global average pool, linear.
+
+    Args:
+        config: the variant (see `ResNetConfig`).
+        in_channels: input image channels.
+        num_classes: output classes; None takes the variant's (1000 for ImageNet, 10 for
+            the CIFAR networks); 0 returns the pooled features.
+        drop_rate: dropout before the final linear layer.
+        drop_path_rate: stochastic depth of the last block (linearly less before it).
+        zero_init_residual: start the last norm of every block at zero (each block starts as the identity).
+        norm_layer: normalisation after every conv (None: none, and the convs get biases).
+        act_layer: activation inside the blocks and after each addition.
+    """
+
+    def __init__(
+        self,
+        config: ResNetConfig,
+        *,
+        in_channels: int = 3,
+        num_classes: int | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_residual: bool = False,
+        norm_layer: LayerFactory | None = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_int(in_channels, "in_channels", "resnet")
+        _check_config(config)
+        num_classes = config.num_classes if num_classes is None else num_classes
+        check_int(num_classes, "num_classes", "resnet", minimum=0)
+        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0 <= rate < 1:
+                raise ConfigurationError(f"resnet: {name} must be in [0, 1), got {rate!r}")
+        # The torchvision layout: a stride-2 stem of its own and projection shortcuts.
+        self._torchvision_layout = config.stem_stride > 1 and config.shortcut == "B"
+
+        stages, channels, strides = _build_stages(config, in_channels, norm_layer, act_layer, drop_path_rate)
+        self.stages = nn.ModuleList(stages)
+        self.stage_channels = tuple(channels)
+        self.stage_strides = tuple(strides)
+
+        self.num_features = channels[-1]
+        self.global_pool = GlobalAvgPool2d()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.reset_classifier(num_classes)
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        # He et al.'s initialisation for the convs, as torchvision; the linear layer keeps torch's default.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                norm = m.last_norm() if isinstance(m, _ResidualBlock) else None
+                if norm is not None and getattr(norm, "weight", None) is not None:
+                    nn.init.zeros_(norm.weight)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = check_int(num_classes, "num_classes", "resnet", minimum=0)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(self.global_pool(x))  # (B, num_features)
+        return x if pre_logits else self.fc(x)
+
+    def spatial_chain(self) -> list[LayerGeometry]:
+        """The main path only: stem conv, max pool, then every block's convs (no shortcut convs)."""
+        return module_chain((n, m) for n, m in self.named_modules() if "downsample" not in n.split("."))
+
+    def torchvision_key_map(self) -> dict[str, str]:
+        """Our module paths -> torchvision's ``conv1``, ``bn1``, ``layerN.i.convK/bnK/downsample.0/1``, ``fc``."""
+        if not self._torchvision_layout:
+            raise WeightsError(
+                f"{self.model_name} has no torchvision counterpart: torchvision's ResNets have a stride-2 stem "
+                "and projection (option B) shortcuts"
+            )
+        key_map = {"stages.0.stem.conv": "conv1", "stages.0.stem.norm": "bn1", "fc": "fc"}
+        layer = 0
+        for s, stage in enumerate(self.stages):
+            blocks = [(n, m) for n, m in stage.named_children() if isinstance(m, _ResidualBlock)]
+            if not blocks:
+                continue
+            layer += 1
+            for n, block in blocks:
+                ours, theirs = f"stages.{s}.{n}", f"layer{layer}.{n}"
+                for k in range(1, block.num_convs + 1):
+                    key_map[f"{ours}.conv{k}.conv"] = f"{theirs}.conv{k}"
+                    key_map[f"{ours}.conv{k}.norm"] = f"{theirs}.bn{k}"
+                if block.downsample is not None:
+                    key_map[f"{ours}.downsample.conv"] = f"{theirs}.downsample.0"
+                    key_map[f"{ours}.downsample.norm"] = f"{theirs}.downsample.1"
+        return key_map
+
+
+def _check_config(config: ResNetConfig) -> None:
+    if not (isinstance(config.block, type) and issubclass(config.block, _ResidualBlock)):
+        raise ConfigurationError(f"resnet: block must be BasicBlock or Bottleneck, got {config.block!r}")
+    if not config.depths or len(config.depths) != len(config.widths):
+        raise ConfigurationError(
+            f"resnet: depths {config.depths} and widths {config.widths} must be non-empty and of the same length"
+        )
+    for d in config.depths:
+        check_int(d, "each depth", "resnet")
+    for w in config.widths:
+        check_int(w, "each width", "resnet")
+    for name in ("groups", "width_per_group", "stem_width", "stem_kernel", "stem_stride", "num_classes"):
+        check_int(getattr(config, name), name, "resnet", minimum=0 if name == "num_classes" else 1)
+    if config.shortcut not in SHORTCUTS:
+        raise ConfigurationError(
+            f"resnet: shortcut must be 'A' (zero padding) or 'B' (projection), got {config.shortcut!r}"
+        )
+
+
+def _build_stages(
+    config: ResNetConfig,
+    in_channels: int,
+    norm_layer: LayerFactory | None,
+    act_layer: LayerFactory | None,
+    drop_path_rate: float,
+) -> tuple[list[nn.Sequential], list[int], list[int]]:
+    """The stages (stem, optional max pool, then the blocks), with their output channels and strides."""
+    stem = ConvNormAct(
+        in_channels,
+        config.stem_width,
+        config.stem_kernel,
+        config.stem_stride,
+        norm_layer=norm_layer,
+        act_layer=act_layer,
+    )
+    stages: list[nn.Sequential] = []
+    channels: list[int] = []
+    strides: list[int] = []
+    stride = config.stem_stride
+    pending: list[tuple[str, nn.Module]] = [("stem", stem)]
+    if config.stem_stride > 1:  # a new stride: the stem is a stage of its own
+        stages.append(nn.Sequential(OrderedDict(pending)))  # (B, stem_width, H/stride, W/stride)
+        channels.append(config.stem_width)
+        strides.append(stride)
+        pending = []
+    if config.stem_pool:
+        pending.append(("pool", nn.MaxPool2d(3, 2, 1)))
+        stride *= 2
+
+    num_blocks = sum(config.depths)
+    block_index = 0
+    c = config.stem_width
+    for i, (depth, width) in enumerate(zip(config.depths, config.widths, strict=True)):
+        layers, pending = pending, []
+        for j in range(depth):
+            block_stride = 2 if i > 0 and j == 0 else 1
+            rate = drop_path_rate * block_index / max(num_blocks - 1, 1)
+            block = config.block(
+                c,
+                width,
+                block_stride,
+                groups=config.groups,
+                width_per_group=config.width_per_group,
+                shortcut=config.shortcut,
+                norm_layer=norm_layer,
+                act_layer=act_layer,
+                drop_path_rate=rate,
+            )
+            layers.append((str(j), block))
+            c = width * config.block.expansion
+            stride *= block_stride
+            block_index += 1
+        stages.append(nn.Sequential(OrderedDict(layers)))  # (B, c, H/stride, W/stride)
+        channels.append(c)
+        strides.append(stride)
+    return stages, channels, strides
