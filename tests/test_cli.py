@@ -37,7 +37,8 @@ def test_unknown_name_is_one_line_and_non_zero(capsys):
     assert main(["info", "vgg166"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.strip().splitlines() == ["zoo: error: unknown model 'vgg166'; did you mean vgg16, vgg19, vgg13?"]
+    expected = "zoo: error: unknown model 'vgg166'; did you mean vgg16, vgg19, vgg13?"
+    assert captured.err.strip().splitlines() == [expected]
 
 
 def test_debug_shows_the_traceback():

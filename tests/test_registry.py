@@ -63,7 +63,7 @@ def test_name_is_case_insensitive():
 
 
 def test_mistyped_keyword_suggests_and_lists():
-    with pytest.raises(InvalidArgumentError, match="'num_class'; did you mean 'num_classes'.*valid arguments: in_channels"):
+    with pytest.raises(InvalidArgumentError, match="'num_class'; did you mean 'num_classes'.*valid arguments: in_chan"):
         zoo.create("vgg16", num_class=10)
 
 

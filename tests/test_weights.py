@@ -39,9 +39,9 @@ def test_vgg16_at_224_and_other_channels_and_classes():
 
 def test_mismatched_weights_are_listed_by_name():
     theirs = torchvision.models.vgg11()
-    with pytest.raises(WeightsError, match=r"torchvision weights do not fit vgg13: .*missing key\(s\): stages.0.1.conv"):
+    with pytest.raises(WeightsError, match=r"do not fit vgg13: .*missing key\(s\): stages.0.1.conv"):
         import_weights(zoo.create("vgg13"), theirs)
-    with pytest.raises(WeightsError, match=r"shape mismatch.*classifier.6.weight \(1000, 4096\) -> fc.weight \(10, 4096\)"):
+    with pytest.raises(WeightsError, match=r"mismatch.*classifier.6.weight \(1000, 4096\) -> fc.weight \(10, 4096\)"):
         import_weights(zoo.create("vgg11", num_classes=10), theirs)
     state = theirs.state_dict()
     state["extra.weight"] = torch.zeros(1)
@@ -59,7 +59,8 @@ def test_create_with_weights_file_in_zoo_and_torchvision_layout(tmp_path):
     source = zoo.create("alexnet", num_classes=5)
     torch.save(source.state_dict(), tmp_path / "zoo.pt")
     loaded = zoo.create("alexnet", num_classes=5, weights=tmp_path / "zoo.pt")
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True))
+    pairs = zip(source.state_dict().values(), loaded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
     tv = torchvision.models.alexnet(num_classes=5)
     torch.save(tv.state_dict(), tmp_path / "tv.pth")

@@ -19,6 +19,7 @@ pool in registration order (branches, shortcuts).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, collapse_point, min_input_size, module_chain
@@ -86,6 +87,8 @@ class ZooModel(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise `InputShapeError` with one clear line if the model cannot take `x`."""
+        if torch.jit.is_tracing():  # a trace is specialised to its example input anyway
+            return
         name = self.model_name
         if not isinstance(x, Tensor):
             raise InputShapeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
