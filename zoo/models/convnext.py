@@ -1,0 +1,311 @@
+"""ConvNeXt: Liu, Mao, Wu, Feichtenhofer, Darrell & Xie, "A ConvNet for the 2020s", CVPR 2022,
+https://arxiv.org/abs/2201.03545.
+
+A ResNet "modernised" step by step towards a Swin Transformer: a 4x4 stride-4 "patchify"
+stem, stage depths 1:1:3:1, an inverted bottleneck block with a 7x7 depthwise conv, one
+LayerNorm and one GELU per block, separate 2x2 stride-2 downsampling convs between
+stages, layer scale and stochastic depth. Tiny, Small, Base and Large are built exactly as
+torchvision builds them (same parameters, shapes, permutes and memory layout, so its
+weights load one to one and it runs as fast); XLarge as timm builds it. Both libraries'
+weights import through `torchvision_key_map` / `timm_key_map` (`zoo.weights.import_weights`).
+
+The block, in the order it runs::
+
+    x -> 7x7 depthwise conv -> permute to (B, H, W, C) -> LayerNorm -> Linear C->4C -> GELU
+      -> Linear 4C->C -> permute to (B, C, H, W) -> * layer scale -> drop path -> + x
+
+Where this departs from the paper or the references:
+- `convnext_xlarge` is trained in the paper only with ImageNet-22K pre-training; here, as
+  in timm, it has an ordinary 1000-class head.
+- `drop_path_rate` defaults to 0 (as in timm). The paper trains on ImageNet-1K with 0.1 /
+  0.4 / 0.5 / 0.5 for T / S / B / L (torchvision's builders default to these); set it in
+  the training recipe. The rate grows linearly from 0 at the first block to
+  `drop_path_rate` at the last, as in the paper.
+- The layer scale is a (C, 1, 1) parameter named ``layer_scale`` (torchvision's shape);
+  timm stores (C,) ``gamma``, which the timm key map reshapes on import.
+- The head is global average pool -> LayerNorm -> dropout (`drop_rate`, 0 by default, as in
+  timm; the paper and torchvision have none) -> Linear.
+
+Stages: stage 0 is the stem and the first stage's blocks (stride 4); stages 1-3 are a
+downsampling layer (LayerNorm, 2x2 stride-2 conv) and blocks (strides 8, 16, 32). The
+smallest input is 32x32, where the last stage is 1x1.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zoo.errors import ConfigurationError
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, check_int, make_act
+from zoo.models.base import ZooModel
+from zoo.registry import Paper, Variant, register_model
+from zoo.weights import Reshape
+
+PAPER = Paper(
+    "A ConvNet for the 2020s",
+    2022,
+    "https://arxiv.org/abs/2201.03545",
+    "Z. Liu, H. Mao, C.-Y. Wu, C. Feichtenhofer, T. Darrell, S. Xie",
+)
+
+
+@dataclass(frozen=True)
+class ConvNeXtConfig:
+    """Blocks per stage and the width (channels) of each stage."""
+
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    kernel_size: int = 7  # the depthwise conv (the paper's Section 2.5 compares 3 to 11)
+    mlp_ratio: int = 4  # the inverted bottleneck's expansion
+
+
+def _check_number(value: object, name: str, *, below: float | None = None) -> float:
+    """`value` as a float if it is a number >= 0 (and < `below`), else a `ConfigurationError`."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0
+    if not ok or (below is not None and value >= below):
+        bounds = f"in [0, {below:g})" if below is not None else ">= 0"
+        raise ConfigurationError(f"convnext: {name} must be a number {bounds}, got {value!r}")
+    return float(value)
+
+
+class ConvNeXtBlock(nn.Module):
+    """One ConvNeXt block: depthwise conv, LayerNorm, MLP, layer scale, drop path, residual.
+
+    Args:
+        dim: channels in and out.
+        kernel_size: the depthwise conv's kernel (odd; padded to keep the size).
+        mlp_ratio: hidden width of the MLP, in multiples of `dim`.
+        layer_scale_init_value: initial value of the per-channel scale of the residual
+            branch; None or 0 leaves the scale out.
+        drop_path: probability of dropping the residual branch per sample in training.
+        act_layer: the MLP's activation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 7,
+        mlp_ratio: int = 4,
+        *,
+        layer_scale_init_value: float | None = 1e-6,
+        drop_path: float = 0.0,
+        act_layer: LayerFactory = nn.GELU,
+    ) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.act = make_act(act_layer)
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+        if layer_scale_init_value:
+            self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale_init_value)))
+        else:
+            self.register_parameter("layer_scale", None)
+        if drop_path > 0:
+            from timm.layers import DropPath  # lazily: `import zoo` imports torch only
+
+            self.drop_path = DropPath(drop_path)
+        else:
+            self.drop_path = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.conv_dw(x).permute(0, 2, 3, 1)  # (B, H, W, C): LayerNorm and Linear act on the last axis
+        x = self.fc2(self.act(self.fc1(self.norm(x)))).permute(0, 3, 1, 2)  # (B, C, H, W), a view
+        if self.layer_scale is not None:
+            x = self.layer_scale * x
+        x = self.drop_path(x)
+        x += shortcut  # in place into the branch's fresh output, as torchvision: no extra tensor
+        return x
+
+
+_T = ConvNeXtConfig((3, 3, 9, 3), (96, 192, 384, 768))
+_S = ConvNeXtConfig((3, 3, 27, 3), (96, 192, 384, 768))
+_B = ConvNeXtConfig((3, 3, 27, 3), (128, 256, 512, 1024))
+_L = ConvNeXtConfig((3, 3, 27, 3), (192, 384, 768, 1536))
+_XL = ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048))
+
+
+@register_model(
+    family="convnext",
+    paper=PAPER,
+    input_size=(3, 224, 224),
+    min_input_size=(32, 32),
+    variants={
+        "convnext_tiny": Variant(_T, 28_589_128, "torchvision.models.convnext_tiny"),
+        "convnext_small": Variant(_S, 50_223_688, "torchvision.models.convnext_small"),
+        "convnext_base": Variant(_B, 88_591_464, "torchvision.models.convnext_base"),
+        "convnext_large": Variant(_L, 197_767_336, "torchvision.models.convnext_large"),
+        "convnext_xlarge": Variant(
+            _XL,
+            350_196_968,
+            "timm.models.convnext_xlarge",
+            notes="The paper trains XLarge only with ImageNet-22K pre-training; here it has a 1000-class head.",
+        ),
+    },
+)
+class ConvNeXt(ZooModel):
+    """ConvNeXt (any row of the variant table, or your own `ConvNeXtConfig`).
+
+    Args:
+        config: depths and widths of the stages (see `ConvNeXtConfig`).
+        in_channels: input image channels.
+        num_classes: output classes; 0 returns the pooled, normalised features.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth of the last block; it grows linearly from 0 at the
+            first block (the paper trains T/S/B/L on ImageNet-1K with 0.1/0.4/0.5/0.5).
+        layer_scale_init_value: initial per-channel scale of every residual branch (the
+            paper's 1e-6); None or 0 leaves layer scale out.
+        act_layer: the activation inside every block's MLP.
+    """
+
+    def __init__(
+        self,
+        config: ConvNeXtConfig,
+        *,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float | None = 1e-6,
+        act_layer: LayerFactory = nn.GELU,
+    ) -> None:
+        super().__init__()
+        from timm.layers import LayerNorm2d  # lazily: `import zoo` imports torch only
+
+        self.in_channels = check_int(in_channels, "in_channels", "convnext")
+        depths, widths = tuple(config.depths), tuple(config.widths)
+        if not depths or len(depths) != len(widths):
+            raise ConfigurationError(
+                f"convnext: depths and widths need one entry per stage, got {len(depths)} and {len(widths)}"
+            )
+        for d, w in zip(depths, widths, strict=True):
+            check_int(d, "every depth", "convnext")
+            check_int(w, "every width", "convnext")
+        kernel_size = check_int(config.kernel_size, "kernel_size", "convnext")
+        if kernel_size % 2 == 0:
+            raise ConfigurationError(f"convnext: kernel_size must be odd to keep the size, got {kernel_size}")
+        mlp_ratio = check_int(config.mlp_ratio, "mlp_ratio", "convnext")
+        self.drop_rate = _check_number(drop_rate, "drop_rate", below=1)
+        drop_path_rate = _check_number(drop_path_rate, "drop_path_rate", below=1)
+        if layer_scale_init_value is not None:
+            layer_scale_init_value = _check_number(layer_scale_init_value, "layer_scale_init_value")
+
+        # stochastic depth grows linearly with the block index, from 0 to drop_path_rate
+        total = sum(depths)
+        rates = iter([drop_path_rate * i / max(total - 1, 1) for i in range(total)])
+        stages = []
+        for i, (depth, width) in enumerate(zip(depths, widths, strict=True)):
+            if i == 0:  # the "patchify" stem: non-overlapping 4x4 patches
+                first = ConvNormAct(
+                    in_channels, width, 4, 4, 0, bias=True, norm_layer=LayerNorm2d, act_layer=None
+                )  # (B, C0, H/4, W/4)
+                name = "stem"
+            else:
+                first = nn.Sequential(
+                    OrderedDict(norm=LayerNorm2d(widths[i - 1]), conv=nn.Conv2d(widths[i - 1], width, 2, 2))
+                )  # (B, Ci, H/2^(i+2), W/2^(i+2))
+                name = "downsample"
+            blocks = [
+                ConvNeXtBlock(
+                    width,
+                    kernel_size,
+                    mlp_ratio,
+                    layer_scale_init_value=layer_scale_init_value,
+                    drop_path=next(rates),
+                    act_layer=act_layer,
+                )
+                for _ in range(depth)
+            ]
+            stages.append(nn.Sequential(OrderedDict([(name, first), ("blocks", nn.Sequential(*blocks))])))
+        self.stages = nn.ModuleList(stages)
+        self.stage_channels = widths
+        self.stage_strides = tuple(4 * 2**i for i in range(len(widths)))
+
+        self.global_pool = GlobalAvgPool2d()
+        self.num_features = widths[-1]
+        self.head_norm = nn.LayerNorm(self.num_features, eps=1e-6)
+        self.head_drop = nn.Dropout(self.drop_rate)
+        self.reset_classifier(num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # as the paper's code: truncated normal (std 0.02) for every conv and linear weight
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = check_int(num_classes, "num_classes", "convnext", minimum=0)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.trunc_normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
+
+    def _blocks(self) -> Iterator[tuple[int, int]]:
+        """(stage, block) indices of every block."""
+        for s, stage in enumerate(self.stages):
+            for j in range(len(stage.blocks)):
+                yield s, j
+
+    def torchvision_key_map(self) -> dict[str, str]:
+        """Our module paths -> torchvision's (``features`` alternates blocks and downsampling layers)."""
+        key_map = {
+            "stages.0.stem.conv": "features.0.0",
+            "stages.0.stem.norm": "features.0.1",
+            "head_norm": "classifier.0",
+            "fc": "classifier.2",
+        }
+        for s in range(1, len(self.stages)):
+            key_map[f"stages.{s}.downsample.norm"] = f"features.{2 * s}.0"
+            key_map[f"stages.{s}.downsample.conv"] = f"features.{2 * s}.1"
+        for s, j in self._blocks():
+            ours, theirs = f"stages.{s}.blocks.{j}", f"features.{2 * s + 1}.{j}"
+            key_map.update(
+                {
+                    f"{ours}.conv_dw": f"{theirs}.block.0",
+                    f"{ours}.norm": f"{theirs}.block.2",
+                    f"{ours}.fc1": f"{theirs}.block.3",
+                    f"{ours}.fc2": f"{theirs}.block.5",
+                    f"{ours}.layer_scale": f"{theirs}.layer_scale",
+                }
+            )
+        return key_map
+
+    def timm_key_map(self) -> dict[str, str]:
+        """Our module paths -> timm's ``ConvNeXt`` (convnext_atto ... convnext_xlarge).
+
+        timm's layer scale is (C,) ``gamma``, and its small models (atto to nano) use 1x1
+        convs in place of the MLP's linear layers: both are reshaped on import.
+        """
+        key_map = {
+            "stages.0.stem.conv": "stem.0",
+            "stages.0.stem.norm": "stem.1",
+            "head_norm": "head.norm",
+            "fc": "head.fc",
+        }
+        for s in range(1, len(self.stages)):
+            key_map[f"stages.{s}.downsample.norm"] = f"stages.{s}.downsample.0"
+            key_map[f"stages.{s}.downsample.conv"] = f"stages.{s}.downsample.1"
+        for s, j in self._blocks():
+            block = f"stages.{s}.blocks.{j}"
+            key_map.update(
+                {
+                    f"{block}.conv_dw": f"{block}.conv_dw",
+                    f"{block}.norm": f"{block}.norm",
+                    f"{block}.fc1": Reshape(f"{block}.mlp.fc1"),
+                    f"{block}.fc2": Reshape(f"{block}.mlp.fc2"),
+                    f"{block}.layer_scale": Reshape(f"{block}.gamma"),
+                }
+            )
+        return key_map
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(self.head_norm(self.global_pool(x)))  # (B, C)
+        return x if pre_logits else self.fc(x)
