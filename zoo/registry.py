@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from zoo.errors import InvalidArgumentError, UnknownModelError
+from zoo.layers import check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -210,6 +211,11 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
         raise InvalidArgumentError(
             f"{name} got an unexpected argument {key!r}; {hint}valid arguments: {', '.join(entry.arguments)}, weights"
         )
+    # the arguments every model shares are checked before anything is built (a big model takes seconds)
+    if "in_channels" in overrides:
+        check_int(overrides["in_channels"], "in_channels", name)
+    if "num_classes" in overrides:
+        check_int(overrides["num_classes"], "num_classes", name, minimum=0)
     model = entry.cls(entry.card.config, **overrides)
     model.card = entry.card
     if weights is not None:

@@ -20,6 +20,7 @@ file never runs code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -146,13 +147,13 @@ def torchvision_cache_path(model: nn.Module) -> Path:
     """Where torchvision keeps the default ImageNet weights of this model (the torch hub cache); nothing downloads."""
     card = getattr(model, "card", None)
     reference = card.reference if card is not None else ""
-    if not reference.startswith("torchvision.models."):
+    match = re.match(r"torchvision\.models\.(\w+)", reference)
+    if match is None:
         name = getattr(model, "model_name", type(model).__name__)
         raise WeightsError(f"{name} has no torchvision weights; pass weights=PATH to a file of your own")
     import torchvision
 
-    tv_name = reference.removeprefix("torchvision.models.")
-    url = torchvision.models.get_model_weights(tv_name).DEFAULT.url
+    url = torchvision.models.get_model_weights(match.group(1)).DEFAULT.url
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not path.is_file():
         raise WeightsError(
