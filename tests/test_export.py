@@ -24,6 +24,9 @@ REPRESENTATIVES = {
     "googlenet": (64, 64),
     "inception_v3": (75, 75),
     "convnext_tiny": (32, 32),
+    "unet": (188, 188),
+    "unet_padded": (32, 48),
+    "unet_resnet18": (64, 32),
 }
 REPRESENTATIVES = {k: v for k, v in REPRESENTATIVES.items() if k in zoo.list_models()}
 

@@ -1,4 +1,8 @@
-"""Registry-wide tests: every registered model honours the contract of DESIGN.md."""
+"""Registry-wide tests: every registered model honours the contract of DESIGN.md.
+
+Classifiers and segmenters share the card, parameter-count and input-check tests; each
+task then has its own contract (logits (B, num_classes) vs per-pixel logits).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,16 @@ import torch
 import zoo
 from zoo.arithmetic import collapse_point
 from zoo.errors import InputShapeError
+from zoo.models.base import ZooSegmenter
 
 ALL = zoo.list_models()
 CLASSIFIERS = zoo.list_models(task="classification")
+SEGMENTERS = zoo.list_models(task="segmentation")
 # Models above this many parameters get their default-size forward on the meta device only
 # (shape arithmetic without the cost); everything else runs on real tensors.
 BIG = 100_000_000
+# Segmenters whose default-size forward costs seconds on a CPU; tests/test_unet.py runs it once.
+EXPENSIVE = {"unet"}
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -25,9 +33,15 @@ def build(name: str, **kw) -> torch.nn.Module:
     return zoo.create(name, **kw)
 
 
-@pytest.fixture(scope="module", params=ALL)
+@pytest.fixture(scope="module", params=CLASSIFIERS)
 def built(request):
-    """(name, model): each model is built once for the tests below."""
+    """(name, model): each classifier is built once for the tests below."""
+    return request.param, build(request.param)
+
+
+@pytest.fixture(scope="module", params=SEGMENTERS)
+def built_segmenter(request):
+    """(name, model): each segmenter is built once for the tests below."""
     return request.param, build(request.param)
 
 
@@ -159,7 +173,7 @@ def test_reset_classifier_and_features(built):
         model.reset_classifier(card.num_classes)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_any_in_channels_and_num_classes(name):
     card = zoo.model_info(name)
     with torch.device("meta"):
@@ -172,7 +186,10 @@ def test_any_in_channels_and_num_classes(name):
 
 
 def test_input_errors(built):
-    name, model = built
+    _check_input_errors(*built)
+
+
+def _check_input_errors(name, model):
     card = zoo.model_info(name)
     c = card.input_size[0]
     mh, mw = model.min_input_size
@@ -194,3 +211,100 @@ def test_bad_channel_and_class_arguments(name, bad):
     if bad != 0:
         with pytest.raises(zoo.ZooError, match="num_classes must be"):
             zoo.create(name, num_classes=bad)
+
+
+# --------------------------------------------------------------------------- segmenters
+
+
+def test_segmenter_input_errors(built_segmenter):
+    name, model = built_segmenter
+    _check_input_errors(name, model)
+    c = model.in_channels
+    mh, mw = model.min_input_size
+    above = model.nearest_valid_sizes(mh + 1)[1]
+    if above is not None and above > mh + 1:  # a size between two valid ones names both
+        with pytest.raises(
+            InputShapeError, match=f"input height of {mh + 1} .*nearest valid heights: {mh} and {above}"
+        ):
+            model(torch.randn(1, c, mh + 1, mw))
+        with pytest.raises(InputShapeError, match=f"input width of {mw + 1} .*nearest valid widths: {mw} and {above}"):
+            model.output_size((mh, mw + 1))
+
+
+def test_segmenter_min_input_size(built_segmenter):
+    """The card's minimum is the model's, the smallest valid size, and torch runs there."""
+    name, model = built_segmenter
+    card = zoo.model_info(name)
+    assert model.min_input_size == card.min_input_size
+    mh, mw = card.min_input_size
+    assert model.nearest_valid_sizes(mh, 0) == (mh, mh) and model.nearest_valid_sizes(mw, 1) == (mw, mw)
+    assert model.nearest_valid_sizes(mh - 1, 0) == (None, mh)
+    with torch.device("meta"):
+        meta = zoo.create(name).eval()
+    out = meta(torch.empty(1, card.input_size[0], mh, mw, device="meta"))
+    assert out.shape == (1, card.num_classes, *model.output_size((mh, mw)))
+
+
+def test_segmenter_forward_backward_at_min_size(built_segmenter):
+    name, model = built_segmenter
+    card = zoo.model_info(name)
+    model.train()
+    size = model.min_input_size
+    out = model(torch.randn(2, card.input_size[0], *size))
+    assert out.shape == (2, card.num_classes, *model.output_size(size))
+    out.float().pow(2).mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not no_grad, f"{name}: parameters without gradient: {no_grad[:5]}"
+    model.zero_grad(set_to_none=True)
+
+
+def test_segmenter_forward_at_default_size(built_segmenter):
+    name, model = built_segmenter
+    card = zoo.model_info(name)
+    model.eval()
+    expected = (1, card.num_classes, *model.output_size(card.input_size[1:]))
+    if card.num_params > BIG or name in EXPENSIVE:
+        with torch.device("meta"):
+            meta = zoo.create(name).eval()
+        out = meta(torch.empty(1, *card.input_size, device="meta"))
+    else:
+        with torch.no_grad():
+            out = model(torch.randn(1, *card.input_size))
+        assert torch.isfinite(out).all()
+    assert out.shape == expected
+
+
+def test_segmenter_contract(built_segmenter):
+    name, model = built_segmenter
+    card = zoo.model_info(name)
+    assert isinstance(model, ZooSegmenter)
+    assert model.in_channels == card.input_size[0] and model.num_classes == card.num_classes
+    assert not model.pad_input  # padding is never the default: an invalid size raises
+    # the valid sizes repeat: the next valid size after any valid one is one step on
+    mh = model.min_input_size[0]
+    step = model.nearest_valid_sizes(mh + 1)[1] - mh
+    for k in range(4):
+        v = mh + k * step
+        assert model.nearest_valid_sizes(v) == (v, v)
+        assert model.nearest_valid_sizes(v + 1) == ((v, v + step) if step > 1 else (v + 1, v + 1))
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_segmenter_any_in_channels_and_num_classes(name):
+    card = zoo.model_info(name)
+    with torch.device("meta"):
+        model = zoo.create(name, in_channels=5, num_classes=3).eval()
+    out = model(torch.empty(2, 5, *card.input_size[1:], device="meta"))
+    assert out.shape == (2, 3, *model.output_size(card.input_size[1:]))
+    with pytest.raises(zoo.ZooError, match="num_classes must be"):
+        zoo.create(name, num_classes=0)
+
+
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_segmenter_pad_input_takes_any_size(name):
+    card = zoo.model_info(name)
+    with torch.device("meta"):
+        model = zoo.create(name, pad_input=True).eval()
+    h, w = (m + 1 for m in model.min_input_size)
+    out = model(torch.empty(1, card.input_size[0], h, w, device="meta"))
+    assert out.shape == (1, card.num_classes, h, w) and model.output_size((h, w)) == (h, w)

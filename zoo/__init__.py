@@ -9,6 +9,7 @@
 from zoo import models  # noqa: F401  (registers every family)
 from zoo.errors import ZooError
 from zoo.registry import ModelCard, Paper, Variant, create, list_models, model_info, register_model
+from zoo.segment import segment
 
 __version__ = "0.1.0"
 __all__ = [
@@ -16,8 +17,22 @@ __all__ = [
     "Paper",
     "Variant",
     "ZooError",
+    "analyze",
+    "compare",
     "create",
     "list_models",
     "model_info",
     "register_model",
+    "segment",
+    "summary",
 ]
+
+_ANALYSIS = ("analyze", "compare", "summary")  # zoo.analysis, imported on first use
+
+
+def __getattr__(name: str) -> object:
+    if name in _ANALYSIS:
+        from zoo import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

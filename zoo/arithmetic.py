@@ -355,3 +355,102 @@ def receptive_fields(chain: Sequence[LayerGeometry]) -> list[ReceptiveField]:
 def total_stride(chain: Sequence[LayerGeometry]) -> tuple[int, int]:
     """The product of the strides of a chain (the output stride)."""
     return (math.prod(g.stride[0] for g in chain), math.prod(g.stride[1] for g in chain))
+
+
+# --------------------------------------------------------------------------- valid input sizes
+
+
+def misfit(chain: Sequence[LayerGeometry], size: int, axis: int = 0) -> tuple[str, int] | None:
+    """The first layer of `chain` that cannot take `size` exactly along `axis`, with the size it would get.
+
+    "Exactly" as in ``output_sizes(..., exact=True)``: every layer produces at least one row and
+    no stride drops one. An unpadded U-Net needs this of every 2x2 max pool (an even input),
+    or its cropped skip connections would not line up. None if every layer fits.
+
+    >>> misfit(unet_chain(4), 570)
+    ('down.2.pool', 279)
+    """
+    n = size
+    for layer in chain:
+        try:
+            n = layer._axis(n, axis, True)
+        except ConfigurationError:
+            return layer.name, n
+    return None
+
+
+def nearest_valid_sizes(chain: Sequence[LayerGeometry], size: int, axis: int = 0) -> tuple[int | None, int | None]:
+    """The nearest sizes at or below and at or above `size` that every layer of `chain` takes exactly.
+
+    None where there is none (below the smallest valid size). The valid sizes of a chain
+    repeat with the product of its strides, so one period up and down is searched.
+
+    >>> nearest_valid_sizes(unet_chain(4), 570)  # the paper's U-Net takes 188 + 16k
+    (556, 572)
+    >>> nearest_valid_sizes(unet_chain(4), 100)
+    (None, 188)
+    """
+    period = math.prod(g.stride[axis] for g in chain)
+    below = next((n for n in range(size, max(size - period, 0), -1) if misfit(chain, n, axis) is None), None)
+    start = max(size, _min_axis_input(chain, axis))
+    above = next((n for n in range(start, start + period) if misfit(chain, n, axis) is None), None)
+    return below, above
+
+
+def nearest_multiples(size: int, multiple: int, minimum: int = 1) -> tuple[int | None, int]:
+    """The nearest multiples of `multiple` at or below and at or above `size`, from `minimum` on.
+
+    >>> nearest_multiples(100, 32)
+    (96, 128)
+    >>> nearest_multiples(20, 32, minimum=32)
+    (None, 32)
+    """
+    below = size // multiple * multiple
+    above = max(-(-size // multiple), -(-minimum // multiple)) * multiple
+    return (below if below >= max(minimum, 1) else None), above
+
+
+def unet_chain(depth: int = 4, num_convs: int = 2, kernel: int = 3, padding: int = 0) -> list[LayerGeometry]:
+    """The main path of a U-Net as a chain: `depth` times (`num_convs` convs, a 2x2 max pool), the
+    bottom convs, then `depth` times (a 2x2 up-convolution, `num_convs` convs), and the 1x1 head.
+
+    The skip connections are cropped to the up-sampled map, so they do not change its size;
+    the layer names are those of `zoo.models.unet.UNet`. The paper's network is ``unet_chain(4)``.
+    """
+
+    def convs(prefix: str) -> list[LayerGeometry]:
+        k, p = (kernel, kernel), (padding, padding)
+        return [LayerGeometry(f"{prefix}.conv{j + 1}.conv", CONV, k, (1, 1), p) for j in range(num_convs)]
+
+    chain: list[LayerGeometry] = []
+    for level in range(depth + 1):
+        if level:
+            chain.append(LayerGeometry(f"down.{level}.pool", POOL, (2, 2), (2, 2), (0, 0)))
+        chain += convs(f"down.{level}")
+    for level in range(depth):
+        chain.append(LayerGeometry(f"up.{level}.up", CONV_TRANSPOSE, (2, 2), (2, 2), (0, 0)))
+        chain += convs(f"up.{level}")
+    chain.append(LayerGeometry("head", CONV, (1, 1), (1, 1), (0, 0)))
+    return chain
+
+
+def unet_output_size(size: int, depth: int = 4, num_convs: int = 2, kernel: int = 3, padding: int = 0) -> int:
+    """Output size of a U-Net (see `unet_chain`) along one axis; the input must fit it exactly.
+
+    For the paper's network (unpadded 3x3 convs, depth 4) the valid inputs are 188 + 16k and
+    the output is the input less 184: each level loses 4 pixels per conv pair at its own scale.
+
+    >>> unet_output_size(572)
+    388
+    >>> unet_output_size(256, padding=1)
+    256
+    """
+    chain = unet_chain(depth, num_convs, kernel, padding)
+    bad = misfit(chain, size)
+    if bad is not None:
+        below, above = nearest_valid_sizes(chain, size)
+        raise ConfigurationError(
+            f"a U-Net of depth {depth} cannot take an input of size {size}: layer {bad[0]} would get {bad[1]}; "
+            f"the nearest valid sizes are {below} (below) and {above} (above)"
+        )
+    return output_sizes(chain, (size, size), exact=True)[-1][0]

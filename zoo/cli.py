@@ -1,4 +1,6 @@
-"""The `zoo` command line: ``zoo list [PATTERN]``, ``zoo info NAME``.
+"""The `zoo` command line: ``zoo list [PATTERN]``, ``zoo info NAME``, ``zoo summary NAME``,
+``zoo compare NAME... | --all``, and ``zoo fit | validate | test | predict --config RECIPE.yaml``
+(handed to `zoo.training.cli`, LightningCLI).
 
 A user's mistake prints one line on stderr and exits with status 2; ``--debug`` shows
 the traceback instead.
@@ -8,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from zoo.errors import ZooError
+from zoo.errors import InvalidArgumentError, ZooError
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -56,8 +59,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from zoo.analysis import summary
+
+    print(summary(args.name, args.input).to_text())
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from zoo.analysis import compare, plot, render
+
+    if bool(args.names) == args.all:
+        raise InvalidArgumentError("give model names or --all (not both), e.g. `zoo compare vgg16 resnet50`")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise InvalidArgumentError(f"cannot write the plot to {args.plot}: its folder does not exist")
+    rows = compare(None if args.all else args.names, args.input, sort=args.sort)
+    print(render(rows, args.format))
+    if args.plot:
+        path = plot(rows, args.plot)
+        print(f"plot written to {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description="The classic convolutional networks, by name.")
+    parser = argparse.ArgumentParser(
+        prog="zoo",
+        description="The classic convolutional networks, by name.",
+        epilog="Training: zoo fit|validate|test|predict --config RECIPE.yaml [--trainer.max_epochs N ...] "
+        "(LightningCLI; `zoo fit --help`, docs/training.md).",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -71,10 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print the card as JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs, receptive field")
+    p.add_argument("name")
+    p.add_argument("--input", help="input size: S, HxW or CxHxW (default: the model card's)")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("compare", help="parameters, MACs, memory and receptive field of models side by side")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every registered model")
+    p.add_argument("--input", help="input size for every model: S, HxW or CxHxW (default: each card's)")
+    p.add_argument("--sort", choices=["name", "family", "year", "params", "macs", "flops", "activations",
+                                      "weights", "layers", "rf"])  # fmt: skip
+    p.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
+    p.add_argument("--plot", metavar="FILE.png", help="also write parameters against MACs as a plot")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
+TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINING_COMMANDS:  # LightningCLI parses these (imported only here)
+        from zoo.training.cli import main as training_main
+
+        return training_main(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

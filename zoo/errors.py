@@ -32,3 +32,11 @@ class InputShapeError(ZooError, ValueError):
 
 class WeightsError(ZooError, ValueError):
     """Weights that do not fit the model: missing, unexpected or mis-shaped keys."""
+
+
+class DatasetNotFoundError(ZooError, FileNotFoundError):
+    """A dataset that is not where it was looked for (the message says where, and how to get it)."""
+
+
+class DatasetError(ZooError, ValueError):
+    """A dataset that is there but cannot be used: empty, unreadable, or in the wrong layout."""

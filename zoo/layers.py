@@ -180,3 +180,30 @@ class GlobalMaxPool2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.amax((-2, -1), keepdim=not self.flatten)
+
+
+def _reflected(n: int, before: int, after: int, device: torch.device) -> Tensor:
+    index = torch.arange(-before, n + after, device=device)
+    if n == 1:
+        return torch.zeros_like(index)
+    period = 2 * (n - 1)  # reflection without repeating the edge: 0 1 2 3 2 1 0 1 ...
+    index = torch.remainder(index, period)
+    return torch.where(index < n, index, period - index)
+
+
+def mirror_pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """Pad the last two axes by mirroring, as often as needed: `pad` is (left, right, top, bottom) as in F.pad.
+
+    The border is reflected without repeating the edge pixel (torch's ``"reflect"``), but
+    unlike ``F.pad(mode="reflect")`` a pad may exceed the input: the mirroring repeats
+    (numpy's ``np.pad(mode="reflect")``). This is how the U-Net paper extrapolates the missing
+    context at the image border for overlap-tile inference.
+    """
+    left, right, top, bottom = pad
+    if min(pad) < 0:
+        raise ConfigurationError(f"mirror_pad: pads must be non-negative, got {pad}")
+    if not any(pad):
+        return x
+    h, w = x.shape[-2], x.shape[-1]
+    x = x.index_select(-2, _reflected(h, top, bottom, x.device))
+    return x.index_select(-1, _reflected(w, left, right, x.device))

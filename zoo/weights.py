@@ -12,7 +12,9 @@ is strict: every key of the zoo model must be found, every key of the source mus
 used, every shape must agree; otherwise one `WeightsError` lists what did not fit.
 The one exception is a target the key map wraps in `Reshape`: its tensors are reshaped
 to the zoo model's shape when the number of elements agrees (timm stores ConvNeXt's
-layer scale as (C,), torchvision and zoo as (C, 1, 1)).
+layer scale as (C,), torchvision and zoo as (C, 1, 1)). And a mapped module the zoo model
+does not have (a feature extractor's removed head, `ZooModel.remove_head`, as in a U-Net's
+encoder) leaves the source's tensors for it out.
 
 Files are read with ``torch.load(weights_only=True)`` or as safetensors, so a weights
 file never runs code.
@@ -74,7 +76,11 @@ def _convert(model: nn.Module, state_dict: Mapping[str, Tensor], key_map: Mappin
                 continue
             tensor = tensor.reshape(value.shape)
         converted[key] = tensor
-    unexpected = [k for k in state_dict if k not in used]
+    # a mapped module the model was built without (the head of a feature extractor, see
+    # ZooModel.remove_head) holds no tensors: the source's tensors for it are left out, by design
+    prefixes = {".".join(k.split(".")[:i]) for k in ours for i in range(1, k.count(".") + 2)}
+    dropped = tuple(f"{theirs}." for mine, theirs in key_map.items() if mine not in prefixes)
+    unexpected = [k for k in state_dict if k not in used and not k.startswith(dropped)]
     problems = []
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")

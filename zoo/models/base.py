@@ -15,6 +15,12 @@
 A family builds ``self.stages`` (an `nn.ModuleList` run one after the other) and the
 head, and overrides `spatial_chain` when its main path is not simply every conv and
 pool in registration order (branches, shortcuts).
+
+The segmenters (`ZooSegmenter`, the U-Nets) share the input checks and arithmetic
+(`ZooModule`) but not the classifier contract: ``forward(x)`` returns per-pixel logits
+(B, num_classes, H_out, W_out), ``output_size((H, W))`` says how large, and an input size
+the network cannot take exactly is an error that names the nearest valid sizes, unless
+the model was created with ``pad_input=True``.
 """
 
 from __future__ import annotations
@@ -23,20 +29,93 @@ import torch
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, collapse_point, min_input_size, module_chain
-from zoo.errors import InputShapeError
+from zoo.errors import ConfigurationError, InputShapeError
+from zoo.layers import mirror_pad
 
 
-class ZooModel(nn.Module):
-    """Base class of the zoo classifiers: the forward contract and the input checks."""
+class ZooModule(nn.Module):
+    """What every zoo network shares: `in_channels`, the input checks and the arithmetic behind them."""
 
     in_channels: int
+    #: models with a flatten before the classifier take exactly one size
+    fixed_input_size: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ arithmetic
+    def spatial_chain(self) -> list[LayerGeometry]:
+        """The convs and pools of the main path, in order (see `zoo.arithmetic`)."""
+        return module_chain(self.named_modules())
+
+    @property
+    def min_input_size(self) -> tuple[int, int]:
+        """The smallest (H, W) every layer of the model can take."""
+        cached = self.__dict__.get("_min_input_size")
+        if cached is None:
+            cached = self.fixed_input_size or min_input_size(self.spatial_chain())
+            self.__dict__["_min_input_size"] = cached
+        return cached
+
+    @property
+    def model_name(self) -> str:
+        card = self.__dict__.get("card")
+        return card.name if card is not None else type(self).__name__
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise `InputShapeError` with one clear line if the model cannot take `x`."""
+        if torch.jit.is_tracing():  # a trace is specialised to its example input anyway
+            return
+        self._check_tensor(x)
+        self._check_size(x.shape[-2], x.shape[-1])
+
+    def _check_tensor(self, x: Tensor) -> None:
+        """Rank, dtype and channels."""
+        name = self.model_name
+        if not isinstance(x, Tensor):
+            raise InputShapeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            fix = " Add a batch dimension: x.unsqueeze(0)." if x.dim() == 3 else ""
+            raise InputShapeError(
+                f"{name} expects a 4-D tensor (batch, channels, height, width), "
+                f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}.{fix}"
+            )
+        if not x.is_floating_point():
+            raise InputShapeError(
+                f"{name} expects a floating-point tensor, got {x.dtype}; convert it with x.float() "
+                "(and scale/normalise images as the model card says)"
+            )
+        if x.shape[1] != self.in_channels:
+            raise InputShapeError(
+                f"{name} expects {self.in_channels} input channel(s), got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)}); create it with in_channels={x.shape[1]} or convert the images"
+            )
+
+    def _check_size(self, h: int, w: int) -> None:
+        """The spatial size: at least `min_input_size`, or exactly `fixed_input_size`."""
+        name = self.model_name
+        if self.fixed_input_size is not None:
+            fh, fw = self.fixed_input_size
+            if (h, w) != (fh, fw):
+                raise InputShapeError(
+                    f"{name} takes exactly {fh}x{fw} inputs (its classifier has a fixed size), got {h}x{w}; "
+                    f"resize or pad the input, or create it with input_size={h}"
+                )
+            return
+        mh, mw = self.min_input_size
+        if h < mh or w < mw:
+            where = collapse_point(self.spatial_chain(), (h, w))
+            at = f": the feature map collapses at {where[0]}" if where else ""
+            raise InputShapeError(
+                f"{name} needs an input of at least {mh}x{mw}, got {h}x{w}{at}; resize or pad the input"
+            )
+
+
+class ZooModel(ZooModule):
+    """Base class of the zoo classifiers: the forward contract (the input checks are `ZooModule`'s)."""
+
     num_classes: int
     num_features: int
     stage_channels: tuple[int, ...]
     stage_strides: tuple[int, ...]
     stages: nn.ModuleList
-    #: models with a flatten before the classifier take exactly one size
-    fixed_input_size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ contract
     def forward_stages(self, x: Tensor) -> list[Tensor]:
@@ -66,61 +145,134 @@ class ZooModel(nn.Module):
         """Replace the last layer with a new one for `num_classes` (0: return pre-logits features)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ arithmetic
-    def spatial_chain(self) -> list[LayerGeometry]:
-        """The convs and pools of the main path, in order (see `zoo.arithmetic`)."""
-        return module_chain(self.named_modules())
+    def remove_head(self) -> None:
+        """Keep only what `forward_stages` needs, to serve as a feature extractor (a U-Net's encoder).
 
-    @property
-    def min_input_size(self) -> tuple[int, int]:
-        """The smallest (H, W) every layer of the model can take."""
-        cached = self.__dict__.get("_min_input_size")
-        if cached is None:
-            cached = self.fixed_input_size or min_input_size(self.spatial_chain())
-            self.__dict__["_min_input_size"] = cached
-        return cached
+        Every child module other than `stages` (the head's pools, norms and linear layers, auxiliary
+        heads) becomes a `RemovedHead`, which holds no parameters and raises if called: `forward`
+        and `forward_head` stop working, `forward_stages` and `forward_features` work as before.
+        Importing weights still works; the source's head tensors are left out (`zoo.weights`).
+        """
+        for name, child in list(self.named_children()):
+            if child is not self.stages:
+                setattr(self, name, RemovedHead(self.model_name, name))
+        self.__dict__.pop("_min_input_size", None)  # the head's pools no longer limit the input
 
-    @property
-    def model_name(self) -> str:
-        card = self.__dict__.get("card")
-        return card.name if card is not None else type(self).__name__
 
-    def check_input(self, x: Tensor) -> None:
-        """Raise `InputShapeError` with one clear line if the model cannot take `x`."""
-        if torch.jit.is_tracing():  # a trace is specialised to its example input anyway
-            return
-        name = self.model_name
-        if not isinstance(x, Tensor):
-            raise InputShapeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            fix = " Add a batch dimension: x.unsqueeze(0)." if x.dim() == 3 else ""
-            raise InputShapeError(
-                f"{name} expects a 4-D tensor (batch, channels, height, width), "
-                f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}.{fix}"
-            )
-        if not x.is_floating_point():
-            raise InputShapeError(
-                f"{name} expects a floating-point tensor, got {x.dtype}; convert it with x.float() "
-                "(and scale/normalise images as the model card says)"
-            )
-        if x.shape[1] != self.in_channels:
-            raise InputShapeError(
-                f"{name} expects {self.in_channels} input channel(s), got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)}); create it with in_channels={x.shape[1]} or convert the images"
-            )
+class RemovedHead(nn.Module):
+    """What `ZooModel.remove_head` leaves in place of a head module: no parameters, an error if called."""
+
+    def __init__(self, model_name: str, name: str) -> None:
+        super().__init__()
+        self.model_name, self.name = model_name, name
+
+    def forward(self, *args: object) -> None:
+        raise ConfigurationError(
+            f"{self.model_name} has no {self.name}: its head was removed (remove_head) to use it as a feature "
+            "extractor; call forward_stages or forward_features"
+        )
+
+    def extra_repr(self) -> str:
+        return f"removed {self.name!r}"
+
+
+class ZooSegmenter(ZooModule):
+    """Base class of the zoo segmenters: per-pixel logits, the input sizes they take, and optional padding.
+
+    The contract: ``forward(x)`` returns logits (B, num_classes, H_out, W_out) with
+    ``(H_out, W_out) == output_size((H, W))``; `in_channels`, `num_classes`, `min_input_size`
+    (the smallest valid size), `nearest_valid_sizes`. An input the network cannot take exactly
+    raises `InputShapeError` naming the nearest valid sizes. With ``pad_input=True`` any size
+    is taken instead: the input is mirrored at the bottom and right (and, for a network whose
+    output is smaller than its input, by half the difference all round) to the smallest valid
+    size whose output covers it, and the logits are cropped back to the input's size.
+
+    A subclass implements `forward_logits` (the network on an input of a valid size),
+    `nearest_valid_sizes`, `_size_problem`, and `_output_axis` if its output is not the
+    size of its input. Its output must be centred on its input (the unpadded U-Net's is).
+    """
+
+    num_classes: int
+    pad_input: bool = False
+
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """The network on an input of a valid size, without checks or padding."""
+        raise NotImplementedError
+
+    def nearest_valid_sizes(self, size: int, axis: int = 0) -> tuple[int | None, int | None]:
+        """The nearest valid input sizes at or below and at or above `size` along `axis` (0: H, 1: W)."""
+        raise NotImplementedError
+
+    def _size_problem(self, size: int, axis: int) -> str:
+        """Why `size` (at least the minimum, but not valid) cannot be taken, in a few words."""
+        raise NotImplementedError
+
+    def _output_axis(self, size: int, axis: int) -> int:
+        """The output size along `axis` for a valid input `size`."""
+        return size
+
+    def valid_sizes_rule(self, axis: int = 0) -> str:
+        """The valid input sizes along `axis` in words, e.g. ``"188 + 16k"`` or ``"multiples of 32"``."""
+        first = self.min_input_size[axis]
+        following = self.nearest_valid_sizes(first + 1, axis)[1]
+        if following is None:
+            return f"only {first}"
+        step = following - first
+        if first % step:
+            return f"{first} + {step}k"
+        return f"multiples of {step}" + (f" from {first}" if first != step else "")
+
+    def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """(H_out, W_out) of the logits for an input of `input_size` (H, W); raises for an invalid size."""
+        h, w = input_size
+        if self.pad_input:
+            return h, w
+        self._check_size(h, w)
+        return self._output_axis(h, 0), self._output_axis(w, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.pad_input:
+            self.check_input(x)
+            return self.forward_logits(x)
+        if not torch.jit.is_tracing():
+            self._check_tensor(x)
         h, w = x.shape[-2], x.shape[-1]
-        if self.fixed_input_size is not None:
-            fh, fw = self.fixed_input_size
-            if (h, w) != (fh, fw):
-                raise InputShapeError(
-                    f"{name} takes exactly {fh}x{fw} inputs (its classifier has a fixed size), got {h}x{w}; "
-                    f"resize or pad the input, or create it with input_size={h}"
-                )
-            return
+        (top, bottom), (left, right) = self._extension(h, 0), self._extension(w, 1)
+        logits = self.forward_logits(mirror_pad(x, (left, right, top, bottom)))
+        return logits[..., :h, :w]
+
+    def _extension(self, size: int, axis: int) -> tuple[int, int]:
+        """The mirror padding (before, after) that takes `size` to the smallest valid size whose output covers it."""
+        padded = self.nearest_valid_sizes(size, axis)[1]
+        while padded is not None and self._output_axis(padded, axis) < size:
+            padded = self.nearest_valid_sizes(padded + 1, axis)[1]
+        if padded is None:
+            raise InputShapeError(
+                f"{self.model_name} cannot be padded to take {size} pixels: its valid sizes are "
+                f"{self.valid_sizes_rule(axis)}; crop or resize the input"
+            )
+        before = (padded - self._output_axis(padded, axis)) // 2  # output pixel j sits over input pixel j + before
+        return before, padded - size - before
+
+    def _check_size(self, h: int, w: int) -> None:
+        name = self.model_name
+        fix = (
+            "crop or pad the input, segment it in tiles with zoo.segment(model, image), "
+            "or create the model with pad_input=True"
+        )
         mh, mw = self.min_input_size
         if h < mh or w < mw:
             where = collapse_point(self.spatial_chain(), (h, w))
             at = f": the feature map collapses at {where[0]}" if where else ""
             raise InputShapeError(
-                f"{name} needs an input of at least {mh}x{mw}, got {h}x{w}{at}; resize or pad the input"
+                f"{name} needs an input of at least {mh}x{mw}, got {h}x{w}{at}; valid sizes are "
+                f"{self.valid_sizes_rule()}, the smallest {mh}x{mw}; {fix}"
             )
+        for axis, size, what in ((0, h, "height"), (1, w, "width")):
+            below, above = self.nearest_valid_sizes(size, axis)
+            if below != size:
+                near = " and ".join(str(n) for n in (below, above) if n is not None)
+                raise InputShapeError(
+                    f"{name} cannot take an input {what} of {size} (input {h}x{w}): {self._size_problem(size, axis)}; "
+                    f"the nearest valid {what}s: {near} ({self.valid_sizes_rule(axis)}); {fix}"
+                )

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from zoo.errors import ConfigurationError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, check_int, make_act
@@ -52,6 +53,21 @@ PAPER = Paper(
     "https://arxiv.org/abs/2201.03545",
     "Z. Liu, H. Mao, C.-Y. Wu, C. Feichtenhofer, T. Darrell, S. Xie",
 )
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map, as in torchvision's and timm's ConvNeXt.
+
+    Written here rather than imported from timm: ``import timm`` also imports torchvision
+    and torch._dynamo, over a second that every ``create("convnext_*")`` would pay.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -176,8 +192,6 @@ class ConvNeXt(ZooModel):
         act_layer: LayerFactory = nn.GELU,
     ) -> None:
         super().__init__()
-        from timm.layers import LayerNorm2d  # lazily: `import zoo` imports torch only
-
         self.in_channels = check_int(in_channels, "in_channels", "convnext")
         depths, widths = tuple(config.depths), tuple(config.widths)
         if not depths or len(depths) != len(widths):

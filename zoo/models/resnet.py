@@ -46,6 +46,9 @@ layer2 (8), layer3 (16), layer4 (32) - the stem is a stage of its own because it
 only output at stride 2, which a U-Net decoder wants as its shallowest skip. For the CIFAR
 networks the stem is at stride 1, the same as the first stage, so it is the first layer
 of that stage: stage1 (stride 1, 16 channels), stage2 (2, 32), stage3 (4, 64).
+``stem="cifar"`` gives an ImageNet network the CIFAR networks' stem (3x3 conv at stride 1,
+no max pool): its stages then run at strides 1, 2, 4, 8 on 32x32 images instead of
+collapsing to 1x1 (the stem is then the first layer of stage 1, as in the CIFAR networks).
 Every conv is padded to keep the grid, so both kinds take inputs down to 1x1 (in training
 mode batch norm needs more than one value per channel there: a batch of at least 2).
 """
@@ -53,7 +56,7 @@ mode batch norm needs more than one value per channel there: a batch of at least
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -328,6 +331,9 @@ class ResNet(ZooModel):
             the CIFAR networks); 0 returns the pooled features.
         drop_rate: dropout before the final linear layer.
         drop_path_rate: stochastic depth of the last block (linearly less before it).
+        stem: None keeps the variant's stem; ``"cifar"`` makes it a 3x3 conv at stride 1 with
+            no max pool, so that 32x32 images keep their grid (the usual CIFAR adaptation of
+            the ImageNet networks; torchvision weights no longer fit).
         zero_init_residual: start the last norm of every block at zero (each block starts as the identity).
         norm_layer: normalisation after every conv (None: none, and the convs get biases).
         act_layer: activation inside the blocks and after each addition.
@@ -342,11 +348,16 @@ class ResNet(ZooModel):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         zero_init_residual: bool = False,
+        stem: str | None = None,
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
     ) -> None:
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels", "resnet")
+        if stem == "cifar":
+            config = replace(config, stem_kernel=3, stem_stride=1, stem_pool=False)
+        elif stem is not None:
+            raise ConfigurationError(f"resnet: stem must be None (the variant's) or 'cifar', got {stem!r}")
         _check_config(config)
         num_classes = config.num_classes if num_classes is None else num_classes
         check_int(num_classes, "num_classes", "resnet", minimum=0)
