@@ -51,7 +51,7 @@ def draw_filters(path: Path) -> None:
         shown = img[0, 0]
         if name.startswith(("edges", "Sobel")):
             shown = shown.abs()
-        ax.imshow(shown.clamp(0, 1) if name != "original" else shown, cmap="gray")
+        ax.imshow((shown.clamp(0, 1) if name != "original" else shown).numpy(), cmap="gray")
         ax.set_title(name, fontsize=13)
         ax.axis("off")
     axes.flat[-1].axis("off")
@@ -60,8 +60,19 @@ def draw_filters(path: Path) -> None:
     plt.close(fig)
 
 
+def draw_compare(path: Path) -> None:
+    """The comparison plot of the Quickstart and the comparing page: parameters against MACs."""
+    from generate import COMPARED
+
+    import zoo
+    from zoo.analysis import plot
+
+    plot(zoo.compare(COMPARED), path)
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "img"
     out.mkdir(parents=True, exist_ok=True)
     draw_filters(out / "filters.png")
-    print(f"wrote {out / 'filters.png'}")
+    draw_compare(out / "compare.png")
+    print(f"wrote {out / 'filters.png'} and {out / 'compare.png'}")

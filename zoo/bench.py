@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.errors import InvalidArgumentError
+from zoo.layers import check_int
 from zoo.registry import create, model_info
 
 MODES = ("train", "infer", "create")
@@ -193,9 +194,12 @@ def bench_models(
         raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "create":
         return bench_creation(name, against=against, repeat=repeat)
+    check_int(batch_size, "batch_size", "bench")
+    check_int(repeat, "repeat", "bench")
     card = model_info(name)
     c, h, w = card.input_size
     if input_size is not None:
+        check_int(input_size, "input", "bench")
         h = w = input_size
     torch.manual_seed(0)
     ref, label = reference_model(name, against)

@@ -1,5 +1,5 @@
 """The `zoo` command line: ``zoo list [PATTERN]``, ``zoo info NAME``, ``zoo summary NAME``,
-``zoo compare NAME... | --all``, and ``zoo fit | validate | test | predict --config RECIPE.yaml``
+``zoo compare NAME... | --all``, ``zoo bench NAME``, and ``zoo fit | validate | test | predict --config RECIPE.yaml``
 (handed to `zoo.training.cli`, LightningCLI).
 
 A user's mistake prints one line on stderr and exits with status 2; ``--debug`` shows
@@ -81,6 +81,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from zoo.bench import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoo",
@@ -116,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
     p.add_argument("--plot", metavar="FILE.png", help="also write parameters against MACs as a plot")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("bench", help="time a model against its torchvision/timm counterpart, side by side")
+    p.add_argument("name")
+    p.add_argument("--mode", choices=["train", "infer", "create"], default="infer")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--input", type=int, help="square input size (default: the model card's)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (both sides)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (both sides)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--optimize", action="store_true", help="ours through zoo.optimize_for_inference (infer)")
+    p.add_argument(
+        "--recipe-defaults", action="store_true", help="ours with the recipes' CPU defaults: channels_last + bf16"
+    )
+    p.add_argument("--against", choices=["torchvision", "timm"], default="torchvision")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs of each model (medians are reported)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
