@@ -216,6 +216,17 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
         check_int(overrides["in_channels"], "in_channels", name)
     if "num_classes" in overrides:
         check_int(overrides["num_classes"], "num_classes", name, minimum=0)
+    for key in ("drop_rate", "drop_path_rate"):
+        value = overrides.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise InvalidArgumentError(f"{name}: {key} must be a number in [0, 1), got {value!r}")
+    for key in ("act_layer", "norm_layer"):
+        value = overrides.get(key)
+        if value is not None and not callable(value):
+            raise InvalidArgumentError(
+                f"{name}: {key} must be a layer class or functools.partial (e.g. torch.nn.ReLU), got {value!r}; "
+                "in a YAML recipe give the class by its import path"
+            )
     model = entry.cls(entry.card.config, **overrides)
     model.card = entry.card
     if weights is not None:
