@@ -1,0 +1,268 @@
+"""``zoo fit | validate | test | predict --config RECIPE.yaml [--trainer.max_epochs 3 ...]``: LightningCLI.
+
+Everything LightningCLI offers works: ``--print_config``, overrides of any key on the
+command line (``--data.root ../shared/data``), several ``--config`` files. On top of it:
+
+- Each run writes to its own folder, ``runs/<recipe>/version_<N>/`` (a CSVLogger named
+  after the recipe file): ``config.yaml`` (the resolved config), ``hparams.yaml``,
+  ``metrics.csv``, ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``, ``curves.png``,
+  and after testing ``metrics.json`` and the confusion matrix (see `zoo.training.report`).
+- The best checkpoint is chosen by the task's own metric (``val/acc`` for classification,
+  ``val/iou`` for segmentation) unless ``--checkpoint.monitor`` says otherwise.
+- ``fit`` tests the best checkpoint at the end and prints the test metrics
+  (``--test_after_fit false`` to skip).
+- ``--ckpt_path last`` (or ``best``) means the newest run of the same recipe: ``fit``
+  resumes it in its own folder; ``validate``, ``test`` and ``predict`` evaluate that checkpoint.
+- The number of classes and of input channels go from the data module to the task.
+- A user's mistake (bad YAML, an unknown key, a wrong type, a missing dataset, an unknown
+  model) prints one line and exits with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from zoo.errors import ZooError
+from zoo.training.report import ProgressBar, RunReport
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+RUNS_DIR = "runs"
+
+
+class RecipeError(ZooError, ValueError):
+    """A recipe or command line that LightningCLI cannot parse (bad YAML, unknown key, wrong type)."""
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's multi-line messages, squeezed into one line that keeps what matters."""
+    message = re.sub(r" \(see `[^`]*`\)", "", str(message))
+    key = re.search(r'Parser key "([^"]+)"', message)
+    errors = [ln.strip()[2:] for ln in message.splitlines() if ln.strip().startswith("- ")]
+    real = [e for e in errors if not e.startswith("Expected a <class")]
+    if key and real:
+        return _one_line(f"{key.group(1)}: {'; '.join(real)}")
+    expected = re.findall(r"Expected a <class '([\w.]+)'>", message)
+    given = re.search(r"Given value: (.*)", message)
+    if key and expected and given:
+        types = " or ".join(t.replace("NoneType", "null") for t in dict.fromkeys(expected))
+        return f"{key.group(1)}: expected {types}, got {given.group(1).strip()!r}"
+    lines = [ln.strip(" -") for ln in message.splitlines() if ln.strip(" -")]
+    text = re.sub(r"\s+", " ", "; ".join(dict.fromkeys(lines)))
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _user_error(e: BaseException) -> ZooError | None:
+    """The `ZooError` behind `e` (jsonargparse wraps errors raised while instantiating classes)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, ZooError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """Parse errors become a `RecipeError` (one line) instead of usage text and `sys.exit`."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        hint = f"see `zoo {self.prog.split()[-1]} --help`"
+        if "arguments are required" in message:
+            hint = "give a recipe: --config recipes/NAME.yaml"
+        raise RecipeError(f"{_one_line(message)} ({hint})") from ex
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with zoo's run folders, best/last checkpoints, test after fit and reports."""
+
+    def __init__(self, *args: Any, recipe: str = "default", **kwargs: Any) -> None:
+        self.recipe = recipe
+        self.started = time.perf_counter()
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.enable_version_counter": False,
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_channels", "model.init_args.in_channels", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":
+            parser.add_argument(
+                "--test_after_fit",
+                type=bool,
+                default=True,
+                help="test the best checkpoint when fitting ends and print the test metrics",
+            )
+        return parser
+
+    # ------------------------------------------------------------------ before instantiation
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        checkpoint = config["checkpoint"]
+        if checkpoint.get("monitor") is None:
+            task = _task_class(config["model"])
+            if task is not None and hasattr(task, "monitor"):
+                checkpoint["monitor"], checkpoint["mode"] = task.monitor
+        ckpt = config.get("ckpt_path")
+        if ckpt in ("last", "best"):
+            self._resolve_checkpoint(config, ckpt)
+
+    def _run_root(self, config: Any) -> Path | None:
+        logger = config["trainer"].get("logger")
+        if hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("CSVLogger"):
+            args = logger.get("init_args") or {}
+            return Path(args.get("save_dir") or RUNS_DIR) / (args.get("name") or "lightning_logs")
+        return None
+
+    def _resolve_checkpoint(self, config: Any, which: str) -> None:
+        """``last``/``best``: the newest run of this recipe that has that checkpoint; log into its folder."""
+        root = self._run_root(config)
+        if root is None:
+            return
+        runs = sorted(
+            (p for p in root.glob("version_*") if (p / "checkpoints" / f"{which}.ckpt").is_file()),
+            key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1,
+        )
+        if not runs:
+            if self.subcommand == "fit" and which == "last":
+                print(
+                    f"zoo: no earlier run of {self.recipe} under {root} to resume: starting a new one", file=sys.stderr
+                )
+                config["ckpt_path"] = None
+                return
+            raise RecipeError(
+                f"no {which}.ckpt under {root}/version_*/checkpoints: train first (zoo fit --config ...) "
+                f"or pass --ckpt_path PATH"
+            )
+        run = runs[-1]
+        config["ckpt_path"] = str(run / "checkpoints" / f"{which}.ckpt")
+        config["trainer"]["logger"]["init_args"]["version"] = run.name
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # the throttled progress bar, unless the config turns bars off or brings its own
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, TQDMProgressBar | RichProgressBar) for c in callbacks
+        ):
+            kwargs["callbacks"] = [*callbacks, ProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    # ------------------------------------------------------------------ after fit
+    def after_fit(self) -> None:
+        if not self.config["fit"].get("test_after_fit", True) or self.trainer.interrupted:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        self.print_summary()
+
+    def after_test(self) -> None:
+        self.print_summary()
+
+    def after_validate(self) -> None:
+        self.print_summary(prefix="val/")
+
+    def print_summary(self, prefix: str = "test/") -> None:
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        wall = time.perf_counter() - self.started
+        folder = self.trainer.log_dir or "."
+        print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder})")
+
+
+def _task_class(model_config: Any) -> type | None:
+    path = model_config.get("class_path") if hasattr(model_config, "get") else None
+    if not path:
+        return None
+    module, _, name = str(path).rpartition(".")
+    try:
+        import importlib
+
+        return getattr(importlib.import_module(module or "zoo.training"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _recipe_name(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1]).stem
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1]).stem
+    return "default"
+
+
+def run(argv: list[str] | None) -> ZooCLI:
+    """Run the CLI on `argv` (``["fit", "--config", ...]``; None: ``sys.argv``); errors propagate (see `main`)."""
+    import zoo.training  # noqa: F401  (makes the short class names resolvable)
+
+    recipe = _recipe_name(sys.argv[1:] if argv is None else argv)
+    return ZooCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_class=ZooArgumentParser,
+        recipe=recipe,
+        args=argv,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {
+                "class_path": "zoo.training.report.CSVLogger",
+                "init_args": {"save_dir": RUNS_DIR, "name": recipe},
+            },
+            "callbacks": [RunReport()],
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``zoo fit|validate|test|predict`` entry point: 0 on success, 2 on a user's mistake."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "zoo", *argv]  # LightningCLI reads sys.argv
+    try:
+        run(None)
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # --help, --print_config
+        return e.code if isinstance(e.code, int) else 0
+    except Exception as e:
+        error = e if isinstance(e, MisconfigurationException) else _user_error(e)
+        if error is None or debug:
+            raise
+        text = str(error) if isinstance(error, RecipeError) else _one_line(str(error))
+        print(f"zoo: error: {text}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

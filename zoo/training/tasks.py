@@ -1,0 +1,322 @@
+"""Lightning modules: image classification and semantic segmentation with any zoo network.
+
+Both tasks build their network with ``zoo.create(model, num_classes=..., in_channels=...,
+**model_args)``; the numbers of classes and input channels come from the data module (the
+CLI links them), everything else about the network from `model_args`. The optimizer and
+the learning-rate scheduler are injected as callables (LightningCLI's `OptimizerCallable`
+/ `LRSchedulerCallable`): in a recipe they are a ``class_path`` and its ``init_args``,
+and the task calls them with its parameters and its optimizer.
+
+A scheduler whose constructor takes ``total_steps`` (`torch.optim.lr_scheduler.OneCycleLR`)
+or ``T_max`` (`CosineAnnealingLR`) and was not given one gets the run's number of optimizer
+steps and is stepped after every batch; any other scheduler is stepped once per epoch
+(`ReduceLROnPlateau` watches ``val/loss``).
+
+Metrics come from torchmetrics. Classification logs the loss, top-1 accuracy (``acc``),
+top-5 accuracy (``acc_top5``, with more than five classes) and macro F1 (``f1``) for
+validation and test, and writes the test confusion matrix into the run folder as CSV and
+PNG. Segmentation logs the mean IoU over the classes (``iou``, the Jaccard index), the
+mean Dice score (``dice``: per class, Dice equals the pixel F1 score) and pixel accuracy
+(``pixel_acc``), each over all pixels of the epoch.
+
+Inception networks with auxiliary heads return ``InceptionOutput(logits, aux_logits)`` in
+training mode: the classification loss is then the main loss plus `aux_weight` times each
+auxiliary loss. GoogLeNet's paper weighs its two auxiliary losses by 0.3 (the default);
+torchvision's Inception-v3 training recipe weighs its single auxiliary loss by 0.4.
+
+Networks whose output is smaller than their input (the paper's valid-convolution U-Net)
+are trained on the centre of the target that their output covers; for validation, test
+and prediction, ``overlap_tile=True`` predicts whole images with `zoo.segment`
+(overlap-tile inference, with mirrored borders).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+)
+
+import zoo
+from zoo.errors import InvalidArgumentError
+from zoo.models.inception import InceptionOutput
+
+
+def center_crop(t: Tensor, size: tuple[int, int]) -> Tensor:
+    """The centre `size` (h, w) of the last two dimensions of `t`."""
+    h, w = t.shape[-2:]
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    return t[..., top : top + size[0], left : left + size[1]]
+
+
+def _unset_argument(factory: Any, names: tuple[str, ...]) -> str | None:
+    """The first of `names` that the class behind `factory` takes and `factory` leaves at None."""
+    # jsonargparse gives partial(instantiator, cls, **init_args); functools.partial(cls, ...) works too
+    args = getattr(factory, "args", ())
+    target = next((a for a in args if inspect.isclass(a)), getattr(factory, "func", factory))
+    given = {**getattr(factory, "keywords", {})}
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return None
+    for name in names:
+        if name in params and given.get(name, params[name].default) in (None, inspect.Parameter.empty):
+            return name
+    return None
+
+
+class _Task(L.LightningModule):
+    """What both tasks share: building the network, the optimizer, channels_last."""
+
+    #: the metric the best checkpoint is chosen by, and whether more is better
+    monitor: tuple[str, str] = ("val/loss", "min")
+
+    def __init__(
+        self,
+        model: str,
+        model_args: dict[str, Any] | None,
+        num_classes: int,
+        in_channels: int,
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None,
+        channels_last: bool,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        model_args = dict(model_args or {})
+        for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+            if key in model_args and model_args[key] != value:
+                raise InvalidArgumentError(
+                    f"model_args.{key}={model_args[key]!r} disagrees with the data ({key}={value}); "
+                    f"leave it out: the task takes it from the data module"
+                )
+            model_args[key] = value
+        self.net: nn.Module = zoo.create(model, **model_args)
+        self.num_classes = num_classes
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def _input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x: Tensor) -> Any:
+        return self.net(self._input(x))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        per_step = _unset_argument(self.lr_scheduler, ("total_steps", "T_max"))
+        if per_step:
+            scheduler = self.lr_scheduler(optimizer, **{per_step: int(self.trainer.estimated_stepping_batches)})
+        else:
+            scheduler = self.lr_scheduler(optimizer)
+        config = {"scheduler": scheduler, "interval": "step" if per_step else "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _classes(self) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        classes = list(getattr(dm, "classes", None) or [])
+        return classes if len(classes) == self.num_classes else [str(i) for i in range(self.num_classes)]
+
+
+class ClassificationTask(_Task):
+    """Image classification with any zoo classifier.
+
+    Args:
+        model: the registered model name (``zoo list``).
+        model_args: further keyword arguments of the model (``drop_rate``, ``stem``, ...).
+        num_classes: number of classes (linked from the data module by the CLI).
+        in_channels: input channels (linked from the data module by the CLI).
+        optimizer: called with the parameters; default Adam with torch's defaults.
+        lr_scheduler: called with the optimizer; see the module docstring for how it is stepped.
+        label_smoothing: cross-entropy label smoothing.
+        aux_weight: weight of each auxiliary loss of an Inception network (0.3 as in GoogLeNet).
+        channels_last: run the network in channels_last memory format (faster on CPUs with
+            oneDNN and on GPUs with tensor cores for many conv nets; measure).
+    """
+
+    monitor = ("val/acc", "max")
+
+    def __init__(
+        self,
+        model: str = "lenet5",
+        model_args: dict[str, Any] | None = None,
+        *,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+        aux_weight: float = 0.3,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last)
+        self.label_smoothing = label_smoothing
+        self.aux_weight = aux_weight
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        metrics: dict[str, Any] = {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+        if num_classes > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        # compute_groups=False: shared states across cloned collections gave wrong test scores
+        self.val_metrics = MetricCollection(metrics, prefix="val/", compute_groups=False)
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
+        self.confusion = MulticlassConfusionMatrix(num_classes)
+
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        out = self(x)
+        if isinstance(out, InceptionOutput):
+            logits = out.logits
+            loss = self._loss(logits, y) + self.aux_weight * sum(self._loss(a, y) for a in out.aux_logits)
+        else:
+            logits = out
+            loss = self._loss(logits, y)
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True)
+        metrics.update(logits, y)
+        for name, metric in metrics.items():
+            self.log(name, metric, prog_bar=name == f"{stage}/acc")
+        return logits
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        logits = self._evaluate(batch, "test", self.test_metrics)
+        self.confusion.update(logits, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        matrix = self.confusion.compute().cpu()
+        self.confusion.reset()
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            from zoo.training.report import save_confusion_matrix
+
+            save_confusion_matrix(matrix, self._classes(), self.trainer.log_dir)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        probs = self(x).float().softmax(-1)
+        confidence, pred = probs.max(-1)
+        return {"pred": pred, "confidence": confidence, "target": y}
+
+
+class SegmentationTask(_Task):
+    """Semantic segmentation with any zoo segmentation network (``zoo list --task segmentation``).
+
+    Args:
+        model: the registered model name.
+        model_args: further keyword arguments of the model.
+        num_classes: number of classes (linked from the data module by the CLI).
+        in_channels: input channels (linked from the data module by the CLI).
+        optimizer: called with the parameters; default Adam with torch's defaults.
+        lr_scheduler: called with the optimizer; see the module docstring.
+        class_weights: per-class weights of the cross-entropy loss (None: equal).
+        overlap_tile: predict whole images for validation, test and prediction with
+            `zoo.segment` (overlap-tile inference) instead of one forward pass: needed by
+            networks whose output is smaller than their input.
+        tile: the tiles' input size for `zoo.segment`; None lets it choose (the card's input
+            size for a network whose output is smaller than its input, else the whole image).
+        channels_last: run the network in channels_last memory format.
+    """
+
+    monitor = ("val/iou", "max")
+
+    def __init__(
+        self,
+        model: str = "unet_padded",
+        model_args: dict[str, Any] | None = None,
+        *,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        class_weights: list[float] | None = None,
+        overlap_tile: bool = False,
+        tile: int | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last)
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise InvalidArgumentError(
+                f"class_weights needs one weight per class ({num_classes}), got {len(class_weights)}"
+            )
+        self.register_buffer(
+            "class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        )
+        self.overlap_tile, self.tile = overlap_tile, tile
+        metrics = MetricCollection(
+            {
+                "iou": MulticlassJaccardIndex(num_classes, average="macro"),
+                "dice": MulticlassF1Score(num_classes, average="macro", multidim_average="global"),
+                "pixel_acc": MulticlassAccuracy(num_classes, average="micro", multidim_average="global"),
+            },
+            compute_groups=False,
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), center_crop(y, logits.shape[-2:]), weight=self.class_weights)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = self._loss(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def predict_whole(self, x: Tensor) -> Tensor:
+        """Logits for whole images (B, C, h, w); h == H except without `overlap_tile` on a shrinking network."""
+        if self.overlap_tile:
+            segment = getattr(zoo, "segment", None)
+            if segment is None:
+                raise InvalidArgumentError("overlap_tile needs zoo.segment, which this version of zoo does not have")
+            return segment(self.net, self._input(x), tile=self.tile)
+        return self(x)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> None:
+        x, y = batch
+        logits = self.predict_whole(x)
+        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True)
+        metrics.update(logits.float(), center_crop(y, logits.shape[-2:]))
+        for name, metric in metrics.items():
+            self.log(name, metric, prog_bar=name == f"{stage}/iou")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        return {"mask": self.predict_whole(x).argmax(1).to(torch.uint8), "target": y}
