@@ -136,3 +136,17 @@ def test_checkpoint_of_another_architecture_or_class_count(tmp_path):
         zoo.create("lenet5_1998", weights=tmp_path / "lenet.pt")
     with pytest.raises(WeightsError, match=r"shape mismatch.*fc.weight \(10, 84\) -> fc.weight \(3, 84\)"):
         zoo.create("lenet5", num_classes=3, weights=tmp_path / "lenet.pt")
+
+
+def test_export_a_training_checkpoint_as_safetensors(tmp_path):
+    """`zoo export` turns a Lightning checkpoint of `zoo fit` into a safetensors file that create() loads."""
+    from zoo.cli import main
+
+    torch.manual_seed(0)
+    net = zoo.create("resnet20")
+    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}
+    torch.save(ckpt, tmp_path / "best.ckpt")
+    assert main(["export", str(tmp_path / "best.ckpt"), str(tmp_path / "resnet20.safetensors")]) == 0
+    loaded = zoo.create("resnet20", weights=tmp_path / "resnet20.safetensors")
+    for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k

@@ -87,6 +87,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from zoo.weights import load_file, save_file
+
+    path = save_file(load_file(args.checkpoint), args.output)
+    print(f"wrote {path}; load it with zoo.create(NAME, weights={str(path)!r})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoo",
@@ -139,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="timed runs of each model (medians are reported)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("export", help="write a checkpoint's network weights as safetensors (or a plain state dict)")
+    p.add_argument("checkpoint", help="a `zoo fit` checkpoint (.ckpt) or a weights file")
+    p.add_argument("output", help="OUT.safetensors (or OUT.pt)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

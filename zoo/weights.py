@@ -125,7 +125,7 @@ def import_weights(model: nn.Module, source_weights: Mapping[str, Tensor] | nn.M
 def load_file(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict from a ``.safetensors`` file or a torch file, never running code.
 
-    A Lightning checkpoint's ``state_dict`` entry is returned as is.
+    A Lightning checkpoint of `zoo fit` gives its network's state dict (the ``net.`` prefix removed).
     """
     path = Path(path)
     if not path.is_file():
@@ -143,7 +143,9 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
             "or holds objects other than tensors (only plain state dicts are loaded, never code)"
         ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
+        data = data["state_dict"]  # a Lightning checkpoint: zoo's tasks keep the network as `net`
+        if data and all(k.startswith("net.") for k in data):
+            data = {k.removeprefix("net."): v for k, v in data.items()}
     if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
         raise WeightsError(f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)")
     return data
@@ -193,3 +195,28 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
         raise errors[0]
     name = getattr(model, "model_name", type(model).__name__)
     raise WeightsError(f"the weights in {str(path)!r} do not fit {name}: none of their keys are the model's")
+
+
+def save_file(weights: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:
+    """Write a model's (or a state dict's) tensors to `path`: safetensors for ``.safetensors``, else torch.save.
+
+    >>> import tempfile, zoo
+    >>> path = save_file(zoo.create("lenet5"), Path(tempfile.mkdtemp()) / "lenet5.safetensors")
+    >>> sorted(load_file(path))[:2]
+    ['fc.bias', 'fc.weight']
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WeightsError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+    state = weights.state_dict() if isinstance(weights, nn.Module) else dict(weights)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file as save_safetensors
+
+            save_safetensors(state, str(path))
+        else:
+            torch.save(state, path)
+    except OSError as e:
+        raise WeightsError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    return path
