@@ -138,6 +138,8 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # every failure to read becomes one user-facing line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in reason:  # torch's advice to retry unsafely is not ours to give
+            reason = "the safe loader (weights_only=True) refused it"
         raise WeightsError(
             f"cannot read weights from {str(path)!r}: {reason[:200]}; the file is corrupt, truncated, "
             "or holds objects other than tensors (only plain state dicts are loaded, never code)"

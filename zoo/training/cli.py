@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,9 @@ class ZooCLI(LightningCLI):
             task = _task_class(config["model"])
             if task is not None and hasattr(task, "monitor"):
                 checkpoint["monitor"], checkpoint["mode"] = task.monitor
+        root = self._run_root(config)
+        if root is not None:
+            _check_writable(root)
         ckpt = config.get("ckpt_path")
         if ckpt in ("last", "best"):
             self._resolve_checkpoint(config, ckpt)
@@ -189,6 +193,19 @@ class ZooCLI(LightningCLI):
         wall = time.perf_counter() - self.started
         folder = self.trainer.log_dir or "."
         print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder})")
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before training, not after the first epoch, if the run folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise RecipeError(
+            f"cannot write the run folder {folder}: {e.strerror or e}; "
+            "choose another with --trainer.logger.init_args.save_dir DIR"
+        ) from None
 
 
 def _task_class(model_config: Any) -> type | None:

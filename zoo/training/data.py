@@ -677,6 +677,12 @@ class ImageFolderDataModule(InMemoryDataModule):
                     .to(torch.uint8)
                 )
             found.setdefault(split, {}).setdefault(cls, []).append(img)
+        if root.is_dir():  # an empty class folder would silently shift every label after it
+            for split in ("train", "val", "test"):
+                for split_dir in root.rglob(split):
+                    for cls_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+                        if cls_dir.name not in found.get(split, {}):
+                            raise DatasetError(f"class folder {cls_dir} holds no images; add images to it or remove it")
         if "train" not in found:
             raise DatasetNotFoundError(
                 f"no train/<class>/<image> files found in {root}: expected train/ and val/ or test/ folders of class "
