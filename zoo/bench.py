@@ -252,7 +252,9 @@ def main(args) -> int:
     """Entry point of ``zoo bench`` (arguments parsed in zoo.cli)."""
     common = {"channels_last": args.channels_last, "precision": args.precision, "compile": args.compile}
     theirs = Settings(**common)
-    ours = Settings(**common, optimize=args.optimize)
+    ours = Settings(**common)
+    if args.optimize:  # optimize_for_inference's defaults: channels_last, and bf16 weights if asked
+        ours = Settings(channels_last=True, precision=args.precision, compile=args.compile, optimize=True)
     if args.recipe_defaults:
         ours = Settings(channels_last=True, precision="bf16", compile=args.compile)
     if args.optimize or args.recipe_defaults:
