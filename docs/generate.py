@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -140,8 +141,22 @@ def readme() -> str:
     return text[:start] + "\n" + "\n".join(rows) + "\n" + text[end:]
 
 
+def recipes_page() -> str:
+    """recipes/README.md, with its links made to work from the documentation site."""
+    text = (DOCS.parent / "recipes" / "README.md").read_text()
+    text = re.sub(r"\[([\w.]+)\]\(([\w.]+\.yaml)\)", r"`\1`", text)  # recipe files: names, not links
+    text = text.replace("](../docs/", "](")
+    note = "<!-- generated from recipes/README.md by `python docs/generate.py`; edit that file -->\n\n"
+    return note + text
+
+
 def pages() -> dict[Path, str]:
-    out = {DOCS / "models.md": models_markdown(), DOCS / "compare.md": compare_page(), README: readme()}
+    out = {
+        DOCS / "models.md": models_markdown(),
+        DOCS / "compare.md": compare_page(),
+        DOCS / "recipes.md": recipes_page(),
+        README: readme(),
+    }
     for family, names in families().items():
         out[DOCS / "families" / f"{family}.md"] = family_page(family, names)
     return out

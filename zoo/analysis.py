@@ -691,8 +691,8 @@ def compare(
     `SORT_KEYS` (ascending; rows without the value last). Render with `render`.
 
     >>> rows = compare(["alexnet", "lenet5"], input_size=224)
-    >>> [(r.name, r.error is None) for r in rows]
-    [('alexnet', True), ('lenet5', False)]
+    >>> print(", ".join(f"{r.name}: {'ok' if r.error is None else 'cannot'}" for r in rows))
+    alexnet: ok, lenet5: cannot
     """
     if isinstance(names, str):
         names = [names]

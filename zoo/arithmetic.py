@@ -335,8 +335,9 @@ def receptive_fields(chain: Sequence[LayerGeometry]) -> list[ReceptiveField]:
     """Receptive field, jump and start after every layer of a chain of convs and pools.
 
     >>> from torch import nn
-    >>> [r.size[0] for r in receptive_fields(module_chain([("c1", nn.Conv2d(1, 1, 3)), ("c2", nn.Conv2d(1, 1, 3))]))]
-    [3, 5]
+    >>> fields = receptive_fields(module_chain([("c1", nn.Conv2d(1, 1, 3)), ("c2", nn.Conv2d(1, 1, 3))]))
+    >>> tuple(r.size[0] for r in fields)
+    (3, 5)
     """
     size, jump, start = [1, 1], [1, 1], [0.0, 0.0]
     out = []

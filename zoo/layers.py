@@ -124,7 +124,8 @@ class GatedConv2d(nn.Module):
     of the feature to let through (the paper's remedy for holes in inpainting).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation: as `ConvNormAct`.
+        in_channels: input channels; `out_channels`, `kernel_size`, `stride`, `padding` and
+            `dilation` are as in `ConvNormAct` and apply to both convolutions.
         act_layer: the activation of the feature branch (the paper's phi, ELU in its
             experiments); None gives the plain product.
     """
