@@ -40,3 +40,7 @@ class DatasetNotFoundError(ZooError, FileNotFoundError):
 
 class DatasetError(ZooError, ValueError):
     """A dataset that is there but cannot be used: empty, unreadable, or in the wrong layout."""
+
+
+class NonFiniteLossError(ZooError, FloatingPointError):
+    """A training loss that became NaN or infinite (the message names the step and the likely causes)."""

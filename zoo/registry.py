@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from zoo.errors import InvalidArgumentError, UnknownModelError
+from zoo.errors import ConfigurationError, InvalidArgumentError, UnknownModelError
 from zoo.layers import check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,7 +219,7 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
     for key in ("drop_rate", "drop_path_rate"):
         value = overrides.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
-            raise InvalidArgumentError(f"{name}: {key} must be a number in [0, 1), got {value!r}")
+            raise ConfigurationError(f"{name}: {key} must be a number in [0, 1), got {value!r}")
     for key in ("act_layer", "norm_layer"):
         value = overrides.get(key)
         if value is not None and not callable(value):

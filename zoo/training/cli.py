@@ -14,6 +14,8 @@ command line (``--data.root ../shared/data``), several ``--config`` files. On to
 - ``--ckpt_path last`` (or ``best``) means the newest run of the same recipe: ``fit``
   resumes it in its own folder; ``validate``, ``test`` and ``predict`` evaluate that checkpoint.
 - The number of classes and of input channels go from the data module to the task.
+- Checkpoints are written atomically (`zoo.training.checkpoint.AtomicCheckpointIO`): a kill
+  while saving leaves the previous one intact.
 - A user's mistake (bad YAML, an unknown key, a wrong type, a missing dataset, an unknown
   model) prints one line and exits with status 2; ``--debug`` shows the traceback.
 """
@@ -31,9 +33,12 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from zoo.errors import ZooError
-from zoo.training.report import ProgressBar, RunReport
+from zoo.training.checkpoint import AtomicCheckpointIO
+from zoo.training.report import ProgressBar, RunReport, run_folder
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RUNS_DIR = "runs"
@@ -168,6 +173,11 @@ class ZooCLI(LightningCLI):
             isinstance(c, TQDMProgressBar | RichProgressBar) for c in callbacks
         ):
             kwargs["callbacks"] = [*callbacks, ProgressBar()]
+        # checkpoints written atomically (temporary file, fsync, rename), unless the config brings a CheckpointIO
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ after fit
@@ -191,7 +201,7 @@ class ZooCLI(LightningCLI):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         wall = time.perf_counter() - self.started
-        folder = self.trainer.log_dir or "."
+        folder = run_folder(self.trainer) or "."
         print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder})")
 
 
@@ -274,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if error is None or debug:
             raise
         text = str(error) if isinstance(error, RecipeError) else _one_line(str(error))
-        print(f"zoo: error: {text}", file=sys.stderr)
+        if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every process stops; one of them says why
+            print(f"zoo: error: {text}", file=sys.stderr)
         return 2
     finally:
         sys.argv = saved

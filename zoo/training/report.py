@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -120,6 +121,20 @@ def save_confusion_matrix(matrix: Tensor, classes: list[str], folder: str | Path
     plt.close(fig)
 
 
+def run_folder(trainer: L.Trainer) -> Path | None:
+    """The run folder, as ``trainer.log_dir`` gives it, but without its broadcast to every process.
+
+    ``trainer.log_dir`` is a collective under DDP: asked on rank 0 alone (in a rank-zero-only
+    hook), it waits forever for the other processes.
+    """
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        folder = logger.log_dir if isinstance(logger, TensorBoardLogger | _LightningCSVLogger) else logger.save_dir
+    else:
+        folder = trainer.default_root_dir
+    return Path(folder) if folder else None
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Tensor):
         value = value.item()
@@ -179,7 +194,7 @@ class RunReport(L.Callback):
 
     @staticmethod
     def folder(trainer: L.Trainer) -> Path | None:
-        return Path(trainer.log_dir) if trainer.log_dir else None
+        return run_folder(trainer)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()

@@ -49,7 +49,7 @@ from torchmetrics.classification import (
 )
 
 import zoo
-from zoo.errors import InvalidArgumentError
+from zoo.errors import InvalidArgumentError, NonFiniteLossError
 from zoo.models.inception import InceptionOutput
 
 
@@ -74,6 +74,29 @@ def _unset_argument(factory: Any, names: tuple[str, ...]) -> str | None:
         if name in params and given.get(name, params[name].default) in (None, inspect.Parameter.empty):
             return name
     return None
+
+
+def _non_finite_message(loss: Tensor, trainer: L.Trainer | None) -> str:
+    value = loss.detach().float().cpu()
+    where = "a training step"
+    if trainer is not None:
+        batch = trainer.fit_loop.epoch_loop.batch_idx
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch})"
+    if torch.isfinite(value).all():
+        what = "NaN or infinite on another process"
+    else:
+        what = "NaN" if value.isnan().any() else "infinite"
+    causes = [
+        "the learning rate is too high (lower --model.optimizer.init_args.lr, or max_lr of a one-cycle schedule)",
+        "gradients explode (clip them: --trainer.gradient_clip_val 1.0)",
+        "the inputs or labels hold NaN, inf or out-of-range values (check the data, its mean and std)",
+    ]
+    precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+    if "16" in precision:
+        causes.insert(0, f"{precision} precision overflowed (try --trainer.precision 32)")
+    return f"the training loss became {what} at {where}; stopped before updating the weights. Likely: " + "; or ".join(
+        causes
+    )
 
 
 class _Task(L.LightningModule):
@@ -115,6 +138,15 @@ class _Task(L.LightningModule):
 
     def forward(self, x: Tensor) -> Any:
         return self.net(self._input(x))
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop, with the step and the likely causes, on a NaN or infinite loss, before it reaches the weights."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # every process stops at the same step
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise NonFiniteLossError(_non_finite_message(loss, trainer))
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
@@ -202,7 +234,7 @@ class ClassificationTask(_Task):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True)
+        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
         metrics.update(logits, y)
         for name, metric in metrics.items():
             self.log(name, metric, prog_bar=name == f"{stage}/acc")
@@ -218,10 +250,12 @@ class ClassificationTask(_Task):
     def on_test_epoch_end(self) -> None:
         matrix = self.confusion.compute().cpu()
         self.confusion.reset()
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            from zoo.training.report import save_confusion_matrix
+        if self.trainer.is_global_zero:
+            from zoo.training.report import run_folder, save_confusion_matrix
 
-            save_confusion_matrix(matrix, self._classes(), self.trainer.log_dir)
+            folder = run_folder(self.trainer)
+            if folder is not None:
+                save_confusion_matrix(matrix, self._classes(), folder)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
@@ -306,7 +340,7 @@ class SegmentationTask(_Task):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> None:
         x, y = batch
         logits = self.predict_whole(x)
-        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True)
+        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
         metrics.update(logits.float(), center_crop(y, logits.shape[-2:]))
         for name, metric in metrics.items():
             self.log(name, metric, prog_bar=name == f"{stage}/iou")
