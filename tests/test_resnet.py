@@ -201,5 +201,5 @@ def test_bad_configurations():
         ResNet(ResNetConfig(BasicBlock, (2, 2, 2, 2), shortcut="C"))
     with pytest.raises(ConfigurationError, match="same length"):
         ResNet(ResNetConfig(BasicBlock, (2, 2, 2)))
-    with pytest.raises(ConfigurationError, match="drop_rate must be in"):
+    with pytest.raises(ConfigurationError, match="drop_rate must be a number in"):
         zoo.create("resnet20", drop_rate=1.5)

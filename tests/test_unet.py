@@ -238,7 +238,7 @@ def test_paper_unet_pad_input_mirrors_the_context():
         ({"width": 2.5}, "width must be a positive integer"),
         ({"batch_norm": "yes"}, "batch_norm must be True or False"),
         ({"pad_input": 1}, "pad_input must be True or False"),
-        ({"drop_rate": 1.0}, r"drop_rate must be in \[0, 1\)"),
+        ({"drop_rate": 1.0}, r"drop_rate must be a number in \[0, 1\)"),
         ({"num_classes": 0}, "num_classes must be a positive integer"),
     ],
 )
