@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -25,6 +26,13 @@ def _file(tmp: Path, name: str, data: bytes) -> Path:
     path = tmp / name
     path.write_bytes(data)
     return path
+
+
+def _compile_without_compiler(tmp: Path) -> None:
+    from zoo.training import ClassificationTask
+
+    with mock.patch("shutil.which", return_value=None):
+        ClassificationTask("lenet5", num_classes=10, in_channels=1, compile=True)
 
 
 def _saved(tmp: Path, name: str, model_name: str, **kw) -> Path:
@@ -92,6 +100,8 @@ API_CASES = [
     ("unknown-task", "an unknown task filter", lambda t: zoo.list_models(task="detection"), r"unknown task 'detection'"),
     ("unwritable-weights", "saving weights into a folder that does not exist",
      lambda t: save_file(zoo.create("lenet5"), t / "missing" / "w.safetensors"), r"cannot write .*: the folder .* does not exist"),
+    ("compile-without-compiler", "a task with compile=True on a machine without a C++ compiler",
+     _compile_without_compiler, r"compile=True needs a C\+\+ compiler .*install one"),
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------- the command line

@@ -141,7 +141,8 @@ def test_recipe_runs_end_to_end(recipe: Path, data_dir: Path, in_tmp: Path) -> N
 def test_recipes_name_only_what_they_change() -> None:
     for recipe in RECIPES:
         config = yaml.safe_load(recipe.read_text())
-        assert set(config) <= {"model", "data", "trainer", "checkpoint", "seed_everything"}, recipe.name
+        allowed = {"model", "data", "trainer", "checkpoint", "seed_everything", "test_after_fit", "test_ckpt"}
+        assert set(config) <= allowed, recipe.name
         text = recipe.read_text()
         assert text.startswith("#"), f"{recipe.name} needs a header comment with its measured result"
 
@@ -181,6 +182,24 @@ def test_resume_from_last_continues_where_it_stopped(in_tmp: Path) -> None:
     assert (second["epoch"], second["global_step"]) == (2, 57)
     epochs = {line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]}
     assert epochs == {"0", "1", "2"}  # the log goes on in the same metrics.csv
+
+
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_test_after_fit_uses_the_chosen_checkpoint(which: str, in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning
+
+    tested: list[str | None] = []
+    real_test = lightning.Trainer.test
+
+    def spy(self, *args, **kwargs):
+        tested.append(kwargs.get("ckpt_path"))
+        return real_test(self, *args, **kwargs)
+
+    monkeypatch.setattr(lightning.Trainer, "test", spy)
+    recipe = str(ROOT / "recipes" / "lenet5_digits.yaml")
+    args = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false"]
+    assert main(["fit", "--config", recipe, "--test_ckpt", which, *args]) == 0
+    assert len(tested) == 1 and tested[0] is not None and Path(tested[0]).name == f"{which}.ckpt"
 
 
 # --------------------------------------------------------------------------- the command line

@@ -59,6 +59,9 @@ class ZooModule(nn.Module):
         card = self.__dict__.get("card")
         return card.name if card is not None else type(self).__name__
 
+    # run eagerly under torch.compile: a break before the first op costs nothing, and the
+    # checks (and their errors) stay exactly as without compile
+    @torch.compiler.disable
     def check_input(self, x: Tensor) -> None:
         """Raise `InputShapeError` with one clear line if the model cannot take `x`."""
         if torch.jit.is_tracing():  # a trace is specialised to its example input anyway

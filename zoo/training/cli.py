@@ -10,7 +10,8 @@ command line (``--data.root ../shared/data``), several ``--config`` files. On to
 - The best checkpoint is chosen by the task's own metric (``val/acc`` for classification,
   ``val/iou`` for segmentation) unless ``--checkpoint.monitor`` says otherwise.
 - ``fit`` tests the best checkpoint at the end and prints the test metrics
-  (``--test_after_fit false`` to skip).
+  (``--test_after_fit false`` to skip; ``--test_ckpt last`` tests the last checkpoint
+  instead, for datasets whose validation and test data are the same).
 - ``--ckpt_path last`` (or ``best``) means the newest run of the same recipe: ``fit``
   resumes it in its own folder; ``validate``, ``test`` and ``predict`` evaluate that checkpoint.
 - The number of classes and of input channels go from the data module to the task.
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -117,6 +118,13 @@ class ZooCLI(LightningCLI):
                 default=True,
                 help="test the best checkpoint when fitting ends and print the test metrics",
             )
+            parser.add_argument(
+                "--test_ckpt",
+                type=Literal["best", "last"],
+                default="best",
+                help="which checkpoint the test after fit uses: 'last' where the validation data are "
+                "also the test data (ISBI 2012), so that no choice was made on them",
+            )
         return parser
 
     # ------------------------------------------------------------------ before instantiation
@@ -185,8 +193,10 @@ class ZooCLI(LightningCLI):
         if not self.config["fit"].get("test_after_fit", True) or self.trainer.interrupted:
             return
         ckpt = self.trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        which = self.config["fit"].get("test_ckpt", "best")
+        path = getattr(ckpt, f"{which}_model_path", "") if ckpt is not None else ""
+        # no file (checkpointing off): the weights in memory, which are the last ones
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=path or None, verbose=False)
         self.print_summary()
 
     def after_test(self) -> None:

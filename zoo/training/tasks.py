@@ -33,6 +33,8 @@ and prediction, ``overlap_tile=True`` predicts whole images with `zoo.segment`
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 from typing import Any
 
 import lightning as L
@@ -49,7 +51,7 @@ from torchmetrics.classification import (
 )
 
 import zoo
-from zoo.errors import InvalidArgumentError, NonFiniteLossError
+from zoo.errors import ConfigurationError, InvalidArgumentError, NonFiniteLossError
 from zoo.models.inception import InceptionOutput
 
 
@@ -114,6 +116,8 @@ class _Task(L.LightningModule):
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None,
         channels_last: bool,
+        compile: bool = False,
+        tta: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -132,12 +136,20 @@ class _Task(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self.tta = tta
+        if compile and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+            raise ConfigurationError(
+                "compile=True needs a C++ compiler for torch.compile (none of $CXX, g++, c++, clang++ is on PATH); "
+                "install one (apt install g++) or leave compile off"
+            )
+        # a compiled *function*, not a module attribute: the checkpoint keeps the plain `net.` keys
+        self._compiled = torch.compile(self.net.forward) if compile else None
 
     def _input(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: Tensor) -> Any:
-        return self.net(self._input(x))
+        return (self._compiled or self.net)(self._input(x))
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop, with the step and the likely causes, on a NaN or infinite loss, before it reaches the weights."""
@@ -182,6 +194,12 @@ class ClassificationTask(_Task):
         aux_weight: weight of each auxiliary loss of an Inception network (0.3 as in GoogLeNet).
         channels_last: run the network in channels_last memory format (faster on CPUs with
             oneDNN and on GPUs with tensor cores for many conv nets; measure).
+        compile: run the network through `torch.compile` (a one-off compilation of tens of
+            seconds, again for evaluation; measure: it did not speed up ResNet-20's training
+            step on the development CPU, see docs/training.md).
+        tta: test-time augmentation for test and predict: the logits are the mean of the
+            image's and its mirror image's (validation stays plain, so checkpoints are chosen
+            on single-view accuracy). Use it when training mirrors images (``hflip``).
     """
 
     monitor = ("val/acc", "max")
@@ -198,8 +216,12 @@ class ClassificationTask(_Task):
         label_smoothing: float = 0.0,
         aux_weight: float = 0.3,
         channels_last: bool = False,
+        compile: bool = False,
+        tta: bool = False,
     ) -> None:
-        super().__init__(model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last)
+        super().__init__(
+            model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last, compile, tta
+        )
         self.label_smoothing = label_smoothing
         self.aux_weight = aux_weight
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -231,9 +253,15 @@ class ClassificationTask(_Task):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
+    def logits(self, x: Tensor, tta: bool = False) -> Tensor:
+        """Evaluation logits; with `tta`, the mean of the image's and its mirror image's."""
+        if not tta:
+            return self(x)
+        return (self(x).float() + self(x.flip(-1)).float()) / 2
+
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self.logits(x, tta=self.tta and stage == "test")
         self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
         metrics.update(logits, y)
         for name, metric in metrics.items():
@@ -259,7 +287,7 @@ class ClassificationTask(_Task):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
-        probs = self(x).float().softmax(-1)
+        probs = self.logits(x, tta=self.tta).float().softmax(-1)
         confidence, pred = probs.max(-1)
         return {"pred": pred, "confidence": confidence, "target": y}
 
@@ -281,6 +309,10 @@ class SegmentationTask(_Task):
         tile: the tiles' input size for `zoo.segment`; None lets it choose (the card's input
             size for a network whose output is smaller than its input, else the whole image).
         channels_last: run the network in channels_last memory format.
+        compile: run the network through `torch.compile`.
+        tta: test-time augmentation for test and predict: the class probabilities are the
+            mean over the image's 8 mirror images and quarter turns (each prediction turned
+            back). Validation stays plain.
     """
 
     monitor = ("val/iou", "max")
@@ -298,8 +330,12 @@ class SegmentationTask(_Task):
         overlap_tile: bool = False,
         tile: int | None = None,
         channels_last: bool = False,
+        compile: bool = False,
+        tta: bool = False,
     ) -> None:
-        super().__init__(model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last)
+        super().__init__(
+            model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last, compile, tta
+        )
         if class_weights is not None and len(class_weights) != num_classes:
             raise InvalidArgumentError(
                 f"class_weights needs one weight per class ({num_classes}), got {len(class_weights)}"
@@ -328,8 +364,21 @@ class SegmentationTask(_Task):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
-    def predict_whole(self, x: Tensor) -> Tensor:
-        """Logits for whole images (B, C, h, w); h == H except without `overlap_tile` on a shrinking network."""
+    def predict_whole(self, x: Tensor, tta: bool = False) -> Tensor:
+        """Logits for whole images (B, C, h, w); h == H except without `overlap_tile` on a shrinking network.
+
+        With `tta`, log-probabilities: the log of the mean probability over the 8 mirror
+        images and quarter turns of `x` (each turned back before averaging).
+        """
+        if tta:
+            total = None
+            for flip in (False, True):
+                for k in range(4):
+                    view = torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+                    probs = torch.rot90(self.predict_whole(view).float().softmax(1), -k, (-2, -1))
+                    probs = probs.flip(-1) if flip else probs
+                    total = probs if total is None else total + probs
+            return (total / 8).clamp_min(1e-12).log()
         if self.overlap_tile:
             segment = getattr(zoo, "segment", None)
             if segment is None:
@@ -339,7 +388,7 @@ class SegmentationTask(_Task):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> None:
         x, y = batch
-        logits = self.predict_whole(x)
+        logits = self.predict_whole(x, tta=self.tta and stage == "test")
         self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
         metrics.update(logits.float(), center_crop(y, logits.shape[-2:]))
         for name, metric in metrics.items():
@@ -353,4 +402,4 @@ class SegmentationTask(_Task):
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
-        return {"mask": self.predict_whole(x).argmax(1).to(torch.uint8), "target": y}
+        return {"mask": self.predict_whole(x, tta=self.tta).argmax(1).to(torch.uint8), "target": y}

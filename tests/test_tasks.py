@@ -1,0 +1,59 @@
+"""The Lightning tasks' options, checked on the tasks directly: test-time augmentation and torch.compile."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from zoo.errors import InputShapeError
+from zoo.training import ClassificationTask, SegmentationTask
+
+
+def test_classification_tta_is_the_mean_over_the_mirror_image() -> None:
+    torch.manual_seed(0)
+    task = ClassificationTask("lenet5", num_classes=10, in_channels=1, tta=True).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        expected = (task.net(x) + task.net(x.flip(-1))) / 2
+        assert torch.allclose(task.logits(x, tta=True), expected, atol=1e-6)
+        assert not torch.allclose(task.logits(x, tta=True), task.net(x), atol=1e-4)
+        symmetric = x + x.flip(-1)  # a mirror-symmetric image: both views agree
+        assert torch.allclose(task.logits(symmetric, tta=True), task.net(symmetric), atol=1e-5)
+
+
+@pytest.mark.parametrize("overlap_tile", [False, True])
+def test_segmentation_tta_averages_all_eight_views(overlap_tile: bool) -> None:
+    # averaged over every flip and quarter turn, the prediction turns with the image (which a
+    # wrongly undone view would break), and it is a log-probability
+    torch.manual_seed(0)
+    task = SegmentationTask(
+        "unet_padded", {"depth": 2, "width": 4}, num_classes=2, in_channels=1, tta=True, overlap_tile=overlap_tile
+    ).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        out = task.predict_whole(x, tta=True)
+        turned = task.predict_whole(torch.rot90(x, 1, (-2, -1)), tta=True)
+        mirrored = task.predict_whole(x.flip(-1), tta=True)
+        plain = task.predict_whole(x)
+    assert out.shape == plain.shape == (1, 2, 32, 32)
+    assert torch.allclose(out.exp().sum(1), torch.ones(1, 32, 32), atol=1e-5)
+    assert torch.allclose(turned, torch.rot90(out, 1, (-2, -1)), atol=1e-5)
+    assert torch.allclose(mirrored, out.flip(-1), atol=1e-5)
+    assert not torch.allclose(out, plain.log_softmax(1), atol=1e-4)  # the network alone is not equivariant
+
+
+@pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="torch.compile needs a C++ compiler")
+def test_compiled_task_matches_eager_and_keeps_checkpoint_keys() -> None:
+    torch.manual_seed(0)
+    eager = ClassificationTask("lenet5", num_classes=10, in_channels=1)
+    compiled = ClassificationTask("lenet5", num_classes=10, in_channels=1, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), eager(x), atol=1e-5)
+    # the input checks still give their one-line error under compile
+    with pytest.raises(InputShapeError, match="takes exactly 32x32 inputs"):
+        compiled(torch.randn(1, 1, 8, 8))
