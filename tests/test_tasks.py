@@ -1,4 +1,4 @@
-"""The Lightning tasks' options, checked on the tasks directly: test-time augmentation and torch.compile."""
+"""The Lightning tasks' options, checked on the tasks directly: test-time augmentation, torch.compile, the Dice loss."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import shutil
 import pytest
 import torch
 
-from zoo.errors import InputShapeError
+from zoo.errors import InputShapeError, InvalidArgumentError
 from zoo.training import ClassificationTask, SegmentationTask
+from zoo.training.tasks import soft_dice_loss
 
 
 def test_classification_tta_is_the_mean_over_the_mirror_image() -> None:
@@ -57,3 +58,27 @@ def test_compiled_task_matches_eager_and_keeps_checkpoint_keys() -> None:
     # the input checks still give their one-line error under compile
     with pytest.raises(InputShapeError, match="takes exactly 32x32 inputs"):
         compiled(torch.randn(1, 1, 8, 8))
+
+
+def test_soft_dice_loss_is_small_for_a_right_prediction_and_large_for_a_wrong_one() -> None:
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[:, 4:12, 4:12] = 1
+    onehot = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float()
+    right, wrong = soft_dice_loss(20 * onehot, target), soft_dice_loss(20 * (1 - onehot), target)
+    assert 0 <= right < 0.01 and wrong > 0.99
+    # the mean over the classes: a missed small class costs as much as a missed large one
+    half = onehot.clone()
+    half[:, :, 4:12, 4:12] = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)  # every pixel called class 0
+    assert 0.4 < soft_dice_loss(20 * half, target) < 0.6
+
+
+def test_dice_weight_adds_the_dice_loss_to_the_cross_entropy() -> None:
+    torch.manual_seed(0)
+    logits, y = torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    plain = SegmentationTask("unet_padded", {"depth": 2, "width": 4})
+    weighted = SegmentationTask("unet_padded", {"depth": 2, "width": 4}, dice_weight=0.5)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.allclose(plain._loss(logits, y), ce)
+    assert torch.allclose(weighted._loss(logits, y), ce + 0.5 * soft_dice_loss(logits, y))
+    with pytest.raises(InvalidArgumentError, match="dice_weight must be >= 0"):
+        SegmentationTask("unet_padded", {"depth": 2, "width": 4}, dice_weight=-1)

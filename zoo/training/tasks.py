@@ -292,6 +292,16 @@ class ClassificationTask(_Task):
         return {"pred": pred, "confidence": confidence, "target": y}
 
 
+def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
+    """One minus the mean over classes of the soft Dice of softmax(logits) (B, C, H, W) and `target` (B, H, W)."""
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    total = probs.sum(dims) + onehot.sum(dims)
+    return 1 - ((2 * inter + eps) / (total + eps)).mean()
+
+
 class SegmentationTask(_Task):
     """Semantic segmentation with any zoo segmentation network (``zoo list --task segmentation``).
 
@@ -303,6 +313,9 @@ class SegmentationTask(_Task):
         optimizer: called with the parameters; default Adam with torch's defaults.
         lr_scheduler: called with the optimizer; see the module docstring.
         class_weights: per-class weights of the cross-entropy loss (None: equal).
+        dice_weight: weight of a soft Dice loss (one minus the mean over classes of the
+            Dice of the softmax probabilities and the targets, over the batch) added to the
+            cross-entropy; 0 trains on the cross-entropy alone.
         overlap_tile: predict whole images for validation, test and prediction with
             `zoo.segment` (overlap-tile inference) instead of one forward pass: needed by
             networks whose output is smaller than their input.
@@ -327,6 +340,7 @@ class SegmentationTask(_Task):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         class_weights: list[float] | None = None,
+        dice_weight: float = 0.0,
         overlap_tile: bool = False,
         tile: int | None = None,
         channels_last: bool = False,
@@ -343,6 +357,9 @@ class SegmentationTask(_Task):
         self.register_buffer(
             "class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         )
+        if not dice_weight >= 0:
+            raise InvalidArgumentError(f"dice_weight must be >= 0, got {dice_weight}")
+        self.dice_weight = float(dice_weight)
         self.overlap_tile, self.tile = overlap_tile, tile
         metrics = MetricCollection(
             {
@@ -356,7 +373,11 @@ class SegmentationTask(_Task):
         self.test_metrics = metrics.clone(prefix="test/")
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), center_crop(y, logits.shape[-2:]), weight=self.class_weights)
+        logits, y = logits.float(), center_crop(y, logits.shape[-2:])
+        loss = F.cross_entropy(logits, y, weight=self.class_weights)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * soft_dice_loss(logits, y)
+        return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
