@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 pytest.importorskip("lightning")
@@ -339,6 +340,27 @@ def test_isbi_augmentation_keeps_masks_binary(data_dir: Path) -> None:
     xa, ya = dm.augment(x, y)
     assert xa.shape == (4, 1, 64, 64) and ya.shape == (4, 64, 64)
     assert set(ya.unique().tolist()) <= {0.0, 1.0}
+    assert xa.min() >= 0 and xa.max() <= 255  # bicubic overshoot is clamped to the uint8 range
+
+
+def test_isbi_augmentation_resamples_images_sharper_than_bilinear(data_dir: Path) -> None:
+    # the test slices are predicted unresampled, so training windows should lose as little
+    # detail as possible: bicubic keeps more high-frequency energy than bilinear on the same grid
+    dm = ISBI2012DataModule(str(data_dir / "isbi2012"), crop_size=64, mirror_pad=8)
+    dm.setup("fit")
+    x, y = dm.splits["train"].__getitems__(list(range(8)))
+    torch.manual_seed(1)
+    xa, _ = dm.augment(x, y)
+    torch.manual_seed(1)  # the same grid again
+    grid = elastic_grid(8, 64, tuple(x.shape[-2:]), max_rotation=dm.max_rotation, elastic_sigma=dm.elastic_sigma)
+    blurred = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    def detail(img: torch.Tensor) -> float:  # energy of the discrete Laplacian
+        centre = img[..., 1:-1, 1:-1]
+        lap = 4 * centre - img[..., :-2, 1:-1] - img[..., 2:, 1:-1] - img[..., 1:-1, :-2] - img[..., 1:-1, 2:]
+        return lap.pow(2).mean().item()
+
+    assert detail(xa) > 1.05 * detail(blurred)
 
 
 @pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason="needs ../shared/data/MNIST")
