@@ -37,10 +37,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from zoo.registry import model_info
+    from zoo.weights import list_weights
 
     card = model_info(args.name)
+    weights = list_weights(card.name)
     if args.json:
-        print(json.dumps(card.as_dict(), indent=2))
+        print(json.dumps({**card.as_dict(), "pretrained": weights}, indent=2))
         return 0
     p = card.paper
     lines = [
@@ -55,6 +57,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     ]
     if card.notes:
         lines.append(f"  notes:          {card.notes}")
+    if not weights:
+        lines.append("  weights:        none pretrained; train with a recipe (zoo fit) or pass weights=PATH")
+    else:
+        lines.append(
+            f"  weights:        {len(weights)} pretrained; zoo.create({card.name!r}, weights=NAME) downloads one"
+        )
+    for w in weights:
+        acc = w.get("accuracy") or {}
+        top1 = (
+            f"top-1 {acc['top1']:.2f}% ({acc['dataset']})"
+            if acc.get("top1") is not None
+            else "top-1 not in its metadata"
+        )
+        size = f"resize {w['resize_size']} crop {w['crop_size']} {w['interpolation']}" if "crop_size" in w else ""
+        lines.append(f"    {w['weights']:<37} {w.get('num_classes', '?'):>6} classes  {top1:<30} {size}")
     print("\n".join(lines))
     return 0
 

@@ -52,6 +52,10 @@ class Variant:
         min_input_size: (H, W) override of the family's minimum input size.
         paper: override of the family's paper.
         notes: anything a user should know about this variant.
+        torchvision: the name of torchvision's builder with the same layout (``"resnet50"``), if any:
+            its weight files load (``weights="torchvision"`` downloads them), the tests compare outputs.
+        timm: the name of timm's architecture with the same layout (``"convnext_xlarge"``), if any.
+        weights: zoo's own published weights for this variant (see `PublishedWeights`).
     """
 
     config: Any
@@ -61,6 +65,30 @@ class Variant:
     min_input_size: tuple[int, int] | None = None
     paper: Paper | None = None
     notes: str = ""
+    torchvision: str | None = None
+    timm: str | None = None
+    weights: tuple[PublishedWeights, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """Weights trained by a zoo recipe and published at a URL, fetched by ``weights="zoo:TAG"``.
+
+    The file is downloaded through torch.hub (its cache and progress bar) and checked against
+    `sha256` before it is used. The card (`zoo export RUN OUT --name TAG` writes one) says how
+    the weights were made and how to preprocess images for them.
+
+    Args:
+        tag: the name after ``zoo:`` (the first one is the variant's default).
+        url: where the ``.safetensors`` file is published.
+        sha256: its full SHA-256 digest.
+        card: the export card: recipe, dataset, metrics, mean/std, input size.
+    """
+
+    tag: str
+    url: str
+    sha256: str
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,9 @@ class ModelCard:
     reference: str
     num_classes: int
     notes: str = ""
+    torchvision: str | None = None
+    timm: str | None = None
+    weights: tuple[PublishedWeights, ...] = ()
     config: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,6 +137,9 @@ class ModelCard:
             "reference": self.reference,
             "num_classes": self.num_classes,
             "notes": self.notes,
+            "torchvision": self.torchvision,
+            "timm": self.timm,
+            "weights": [{"tag": w.tag, "url": w.url, "sha256": w.sha256} for w in self.weights],
         }
 
 
@@ -168,6 +202,9 @@ def register_model(
                 reference=v.reference,
                 num_classes=num_classes,
                 notes=v.notes,
+                torchvision=v.torchvision,
+                timm=v.timm,
+                weights=v.weights,
                 config=v.config,
             )
             _REGISTRY[name] = _Entry(card, cls, arguments)
@@ -190,9 +227,13 @@ def _lookup(name: str) -> _Entry:
 def create(name: str, *, weights: str | Path | None = None, **overrides: Any) -> Any:
     """Build the registered model `name`; `overrides` are its constructor's keyword arguments.
 
-    `weights` loads a weights file from disk (never downloads, never runs code): a path to a
-    state dict or safetensors file with zoo's, torchvision's or timm's key names, or
-    ``"torchvision"`` for torchvision's default weights already in the torch hub cache.
+    `weights` loads pretrained weights (never running code): a path to a state dict, a
+    safetensors file or a `zoo fit` checkpoint with zoo's, torchvision's or timm's key names; a
+    URL; or ``"torchvision"`` / ``"torchvision:TAG"`` / ``"timm"`` / ``"timm:TAG"`` / ``"zoo:TAG"``,
+    downloaded through that library's own machinery into its standard cache (see
+    `zoo.weights.load_weights`). A `num_classes` other than the weights' keeps everything but
+    the classifier, which starts fresh; an `in_channels` other than 3 adapts the first conv.
+    The model's ``pretrained_cfg`` then says how to preprocess images for the weights.
 
     >>> m = create("lenet5", num_classes=10)
     >>> m.num_classes
@@ -203,6 +244,12 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
         InvalidArgumentError: an override the model does not take (the message lists the valid ones).
     """
     entry = _lookup(name)
+    if weights is not None:  # a source name may set the flags its weights were trained with
+        from zoo.weights import parse_weights
+
+        source, _ = parse_weights(weights)
+        for key, value in getattr(entry.cls, "pretrained_defaults", {}).get(source, {}).items():
+            overrides.setdefault(key, value)
     unknown = [k for k in overrides if k not in entry.arguments]
     if unknown:
         key = unknown[0]

@@ -22,9 +22,15 @@ file never runs code.
 
 from __future__ import annotations
 
-import re
+import json
+import logging
+import os
+import sys
+import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +38,9 @@ from torch import Tensor, nn
 from zoo.errors import WeightsError
 
 SOURCES = ("torchvision", "timm")
+OFFLINE_VARIABLES = ("ZOO_OFFLINE", "HF_HUB_OFFLINE")
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+logger = logging.getLogger("zoo")
 
 
 class Reshape(str):
@@ -58,42 +67,76 @@ def _listing(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _convert(model: nn.Module, state_dict: Mapping[str, Tensor], key_map: Mapping[str, str], label: str) -> dict:
-    name = getattr(model, "model_name", type(model).__name__)
+@dataclass
+class _Fit:
+    """How a state dict fits a model under one layout (key map): what converts, and what does not."""
+
+    layout: str
+    converted: dict[str, Tensor]
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, str, tuple[int, ...], tuple[int, ...]]]  # ours, theirs, their shape, ours
+    dropped: list[str]  # source keys of modules the model was built without (a removed head)
+    state_dict: Mapping[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def exact(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def size(self) -> int:
+        """How far from fitting: the number of keys that do not."""
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+    def problems(self) -> str:
+        problems = []
+        if self.mismatched:
+            shapes = [f"{theirs} {s_theirs} -> {ours} {s_ours}" for ours, theirs, s_theirs, s_ours in self.mismatched]
+            problems.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
+        if self.missing:
+            problems.append(f"{len(self.missing)} missing key(s): {_listing(self.missing)}")
+        if self.unexpected:
+            problems.append(f"{len(self.unexpected)} unexpected key(s): {_listing(self.unexpected)}")
+        return "; ".join(problems)
+
+
+def _match(model: nn.Module, state_dict: Mapping[str, Tensor], key_map: Mapping[str, str], layout: str) -> _Fit:
     ours = model.state_dict()
-    converted, missing, mismatched = {}, [], []
+    fit = _Fit(layout, {}, [], [], [], [], state_dict)
     used = set()
     for key, value in ours.items():
         theirs = _translate(key, key_map)
         if theirs is None or theirs not in state_dict:
-            missing.append(f"{key} (<- {theirs})" if theirs and theirs != key else key)
+            fit.missing.append(f"{key} (<- {theirs})" if theirs and theirs != key else key)
             continue
         tensor = state_dict[theirs]
         used.add(theirs)
         if tuple(tensor.shape) != tuple(value.shape):
             if not (isinstance(theirs, Reshape) and tensor.numel() == value.numel()):
-                mismatched.append(f"{theirs} {tuple(tensor.shape)} -> {key} {tuple(value.shape)}")
+                fit.mismatched.append((key, str(theirs), tuple(tensor.shape), tuple(value.shape)))
                 continue
             tensor = tensor.reshape(value.shape)
-        converted[key] = tensor
+        fit.converted[key] = tensor
     # a mapped module the model was built without (the head of a feature extractor, see
-    # ZooModel.remove_head) holds no tensors: the source's tensors for it are left out, by design
+    # ZooModel.remove_head; aux heads with aux_logits=False; num_classes=0) holds no tensors:
+    # the source's tensors for it are left out, by design
     prefixes = {".".join(k.split(".")[:i]) for k in ours for i in range(1, k.count(".") + 2)}
     dropped = tuple(f"{theirs}." for mine, theirs in key_map.items() if mine not in prefixes)
-    unexpected = [k for k in state_dict if k not in used and not k.startswith(dropped)]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-    if problems:
+    for k in state_dict:
+        if k not in used:
+            (fit.dropped if k.startswith(dropped) else fit.unexpected).append(k)
+    return fit
+
+
+def _convert(model: nn.Module, state_dict: Mapping[str, Tensor], key_map: Mapping[str, str], label: str) -> dict:
+    fit = _match(model, state_dict, key_map, label)
+    if not fit.exact:
+        name = getattr(model, "model_name", type(model).__name__)
         raise WeightsError(
-            f"{label} weights do not fit {name}: {'; '.join(problems)}. "
+            f"{label} weights do not fit {name}: {fit.problems()}. "
             "Check that both were built with the same variant, in_channels and num_classes."
         )
-    return converted
+    return fit.converted
 
 
 def convert_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "torchvision") -> dict:
@@ -128,6 +171,8 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
     A Lightning checkpoint of `zoo fit` gives its network's state dict (the ``net.`` prefix removed).
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights {str(path)!r} is a folder; pass the weights file inside it (.pth, .safetensors)")
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     try:
@@ -148,55 +193,404 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
         data = data["state_dict"]  # a Lightning checkpoint: zoo's tasks keep the network as `net`
         if data and all(k.startswith("net.") for k in data):
             data = {k.removeprefix("net."): v for k, v in data.items()}
+    if isinstance(data, dict) and isinstance(data.get("model"), dict) and len(data) <= 4:
+        data = data["model"]  # the {"model": state_dict, ...} of torchvision's and timm's training scripts
     if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
         raise WeightsError(f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)")
     return data
 
 
-def torchvision_cache_path(model: nn.Module) -> Path:
-    """Where torchvision keeps the default ImageNet weights of this model (the torch hub cache); nothing downloads."""
-    card = getattr(model, "card", None)
-    reference = card.reference if card is not None else ""
-    match = re.match(r"torchvision\.models\.(\w+)", reference)
-    if match is None:
-        name = getattr(model, "model_name", type(model).__name__)
-        raise WeightsError(f"{name} has no torchvision weights; pass weights=PATH to a file of your own")
-    import torchvision
+# --------------------------------------------------------------------------- layouts
 
-    url = torchvision.models.get_model_weights(match.group(1)).DEFAULT.url
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if not path.is_file():
+
+def layouts(model: nn.Module) -> dict[str, dict[str, str]]:
+    """Every key layout the model knows: zoo's own, and its references' (the model card's fields)."""
+    from zoo.models.base import RemovedHead
+
+    ours = {k: k for k in model.state_dict()}
+    # a head the model was built without (num_classes=0, remove_head) leaves a file's head tensors out
+    ours |= {n: n for n, m in model.named_modules() if n and isinstance(m, (nn.Identity, RemovedHead))}
+    found = {"zoo": ours}
+    card = getattr(model, "card", None)
+    for source in SOURCES:
+        get_map = getattr(model, f"{source}_key_map", None)
+        if get_map is None or (card is not None and getattr(card, source) is None):
+            continue
+        try:
+            found[source] = get_map()
+        except WeightsError:  # a configuration (e.g. stem="cifar") that has left the reference's layout
+            continue
+    return found
+
+
+def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """A first-conv weight (O, I, kH, kW) for `in_channels` inputs, from one trained on I (RGB: 3).
+
+    One channel: the sum over the trained channels (a grey image x gives what the RGB network gave
+    for (x, x, x)). More or fewer: the trained channels repeated in turn, scaled by I / in_channels so
+    that the response to equal inputs keeps its size. timm's ``adapt_input_conv`` does the same.
+    """
+    trained = weight.shape[1]
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // trained)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (trained / in_channels)
+
+
+def _first_conv(model: nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{name}.weight"
+    return None
+
+
+def _adapt(model: nn.Module, fit: _Fit) -> list[str] | None:
+    """Complete `fit.converted` for a new head or input channels, as fine-tuning expects; None if it cannot.
+
+    A classifier whose output size is the model's `num_classes` keeps the model's fresh
+    initialisation; a first conv whose input channels are the model's `in_channels` is adapted
+    from the trained ones (`adapt_input_conv`). Any other difference is a misfit.
+    """
+    num_classes, in_channels = getattr(model, "num_classes", None), getattr(model, "in_channels", None)
+    first_conv, state, notes = _first_conv(model), model.state_dict(), []
+    head = []
+    for described in fit.missing:  # weights without a classifier (timm's feature-only tags)
+        ours = described.split(" ")[0]
+        if state[ours].shape[:1] != (num_classes,):
+            return None
+        fit.converted[ours] = state[ours]
+        head.append((ours, 0))
+    if fit.unexpected:
+        return None
+    for ours, theirs, s_theirs, s_ours in fit.mismatched:
+        if s_ours[:1] == (num_classes,) and s_ours[1:] == s_theirs[1:]:
+            fit.converted[ours] = state[ours]
+            head.append((ours, s_theirs[0]))
+        elif ours == first_conv and len(s_ours) == 4 and s_ours[1] == in_channels and s_ours[2:] == s_theirs[2:]:
+            fit.converted[ours] = adapt_input_conv(fit.state_dict[theirs], in_channels)
+            how = "summed" if in_channels == 1 else "repeated and scaled"
+            notes.append(f"the first conv ({ours.removesuffix('.weight')}) {how} from {s_theirs[1]} input channels")
+        else:
+            return None
+    if head:
+        modules = sorted({k.rsplit(".", 1)[0] for k, _ in head})
+        notes.insert(0, f"the classifier ({', '.join(modules)}) starts fresh for {num_classes} classes "
+                     f"(the weights have {head[0][1]})")  # fmt: skip
+    return notes
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], label: str = "the") -> str:
+    """Load `state_dict` in whichever layout of the model fits it exactly; returns the layout's name.
+
+    Every layout the model knows is tried (`layouts`). One that fits exactly is loaded. Failing that,
+    one whose only differences are the classifier's size (a different `num_classes`: the head starts
+    fresh) or the first conv's input channels (a different `in_channels`: `adapt_input_conv`) is
+    loaded, with one log line that says so. A U-Net on a zoo encoder takes its encoder's weights
+    (the decoder starts fresh). Otherwise the error names the closest layout and what differs.
+    """
+    name = getattr(model, "model_name", type(model).__name__)
+    layout, notes = _load(model, state_dict, label)
+    if notes:
+        logger.warning("zoo: %s: loaded %s weights (%s layout); %s", name, label, layout, "; ".join(notes))
+    return layout
+
+
+def _load(model: nn.Module, state_dict: Mapping[str, Tensor], label: str) -> tuple[str, list[str]]:
+    """`load_state_dict` without the log line: the layout and what was adapted, in words."""
+    fits = sorted((_match(model, state_dict, m, layout) for layout, m in layouts(model).items()), key=lambda f: f.size)
+    for fit in fits:
+        notes = [] if fit.exact else _adapt(model, fit)
+        if notes is not None:
+            model.load_state_dict(fit.converted, strict=True)
+            if fit.dropped:
+                modules = sorted({k.rsplit(".", 1)[0] for k in fit.dropped})
+                notes.append(
+                    f"left out {len(fit.dropped)} tensor(s) of modules it does not have ({_listing(modules, 3)})"
+                )
+            return fit.layout, notes
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Module) and hasattr(encoder, "stage_channels"):
+        try:
+            layout, notes = _load(encoder, state_dict, label)
+        except WeightsError:
+            pass
+        else:
+            return layout, ["into its encoder; the decoder starts fresh", *notes]
+    name = getattr(model, "model_name", type(model).__name__)
+    closest = fits[0]
+    raise WeightsError(
+        f"{label} weights do not fit {name}: the closest layout, {closest.layout}'s, differs by {closest.problems()}. "
+        "Check that both were built with the same variant and options"
+    )
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)
+
+
+def _download(url: str, what: str, sha256: str | None = None) -> Path:
+    """The file at `url` in torch.hub's cache (``<hub>/checkpoints``), downloaded and hash-checked if not there.
+
+    The hash is `sha256` (the full digest) or, as torchvision names its files, the hex digits after
+    the last ``-`` of the file name (``resnet18-f37072fd.pth``): a file that does not match is not kept.
+    """
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    if path.is_file():
+        return path
+    fetch = f"fetch {url} into {path}"
+    if _offline():
         raise WeightsError(
-            f"no torchvision weights for {card.name} on disk: looked for {path}; zoo never downloads, "
-            f"so fetch {url} there yourself (or pass weights=PATH)"
+            f"{what} are not in the cache and downloads are off ({'/'.join(OFFLINE_VARIABLES)}): {fetch}"
         )
+    match = torch.hub.HASH_REGEX.search(path.name)
+    prefix = sha256 or (match.group(1) if match else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=sys.stderr.isatty())
+    except RuntimeError as e:
+        if "invalid hash" not in str(e):
+            raise
+        raise WeightsError(f"the file downloaded from {url} does not match its sha256 {prefix}, so it was not kept; "
+                           f"try again, or {fetch} yourself") from None  # fmt: skip
+    except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts, refused connections
+        reason = getattr(e, "reason", None) or e
+        raise WeightsError(f"cannot download {what} ({reason}); {fetch} yourself, or pass weights=PATH") from None
     return path
 
 
-def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
-    """Load a weights file into `model`, strictly; returns the model.
+def _mirrored(url: str) -> str:
+    mirror = os.environ.get("ZOO_TORCHVISION_MIRROR", "").strip()
+    if mirror and url.startswith(TORCHVISION_URL):
+        return mirror.rstrip("/") + "/" + url.removeprefix(TORCHVISION_URL)
+    return url
 
-    `weights` is a path (zoo's own keys, or torchvision's / timm's, translated by the family's
-    key map) or ``"torchvision"`` for torchvision's default weights already in the torch hub cache.
-    """
-    path = torchvision_cache_path(model) if str(weights) == "torchvision" else Path(weights)
-    state_dict = load_file(path)
-    ours = model.state_dict()
-    if set(state_dict) & set(ours):  # zoo's own layout
-        model.load_state_dict(_convert(model, state_dict, {k: k for k in ours}, f"the {str(path)!r}"))
-        return model
-    errors = []
-    for source in SOURCES:
-        if hasattr(model, f"{source}_key_map"):
-            try:
-                model.load_state_dict(convert_state_dict(model, state_dict, source))
-                return model
-            except WeightsError as e:
-                errors.append(e)
-    if errors:
-        raise errors[0]
+
+def _reference(model: nn.Module, source: str) -> str:
+    """The name of the model's counterpart in `source` (a U-Net on a zoo encoder: its encoder's)."""
+    for candidate in (model, getattr(model, "encoder", None)):
+        card = getattr(candidate, "card", None)
+        if card is not None and getattr(card, source, None):
+            return getattr(card, source)
     name = getattr(model, "model_name", type(model).__name__)
-    raise WeightsError(f"the weights in {str(path)!r} do not fit {name}: none of their keys are the model's")
+    has = [s for s in SOURCES if getattr(getattr(model, "card", None), s, None)]
+    hint = f"it has {' and '.join(has)} weights" if has else "pass weights=PATH to a file of your own"
+    raise WeightsError(f"{name} has no {source} counterpart, so there are no {source} weights for it; {hint}")
+
+
+def _torchvision_enum(reference: str) -> Any:
+    import torchvision
+
+    return torchvision.models.get_model_weights(reference)
+
+
+def _torchvision(model: nn.Module, tag: str | None) -> tuple[Path, dict[str, Any]]:
+    reference = _reference(model, "torchvision")
+    enum = _torchvision_enum(reference)
+    try:
+        entry = enum.DEFAULT if tag is None else enum[tag.split(".")[-1]]
+    except KeyError:
+        raise WeightsError(f"torchvision has no weights {tag!r} for {reference}; "
+                           f"it has {', '.join(w.name for w in enum)}") from None  # fmt: skip
+    url = _mirrored(entry.url)
+    path = _download(url, f"torchvision's {reference} weights ({entry.name})")
+    return path, {**_torchvision_cfg(entry), "url": url, "file": str(path)}
+
+
+def _torchvision_cfg(entry: Any) -> dict[str, Any]:
+    transform = entry.transforms()
+    metrics = next(iter(entry.meta.get("_metrics", {}).items()), (None, {}))
+    return {
+        "source": "torchvision",
+        "tag": entry.name,
+        "num_classes": len(entry.meta.get("categories", ())),
+        "categories": list(entry.meta.get("categories", ())),
+        "mean": tuple(transform.mean),
+        "std": tuple(transform.std),
+        "crop_size": transform.crop_size[0],
+        "resize_size": transform.resize_size[0],
+        "interpolation": transform.interpolation.value,
+        "accuracy": {"dataset": metrics[0], "top1": metrics[1].get("acc@1"), "top5": metrics[1].get("acc@5")},
+        "recipe": entry.meta.get("recipe"),
+    }
+
+
+def _timm_cfg(cfg: Any) -> dict[str, Any]:
+    crop = cfg.input_size[-1]
+    return {
+        "source": "timm",
+        "tag": cfg.tag,
+        "num_classes": cfg.num_classes,
+        "categories": None,
+        "mean": tuple(cfg.mean),
+        "std": tuple(cfg.std),
+        "crop_size": crop,
+        "resize_size": int(crop / cfg.crop_pct),
+        "interpolation": cfg.interpolation,
+        "accuracy": None,  # timm keeps its results tables outside the package
+        "hf_hub_id": cfg.hf_hub_id,
+    }
+
+
+def _timm(model: nn.Module, tag: str | None) -> tuple[Path, dict[str, Any]]:
+    import timm
+
+    reference = _reference(model, "timm")
+    try:
+        cfg = timm.models.get_pretrained_cfg(reference if tag is None else f"{reference}.{tag}")
+    except RuntimeError:
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{reference}.*")]
+        raise WeightsError(f"timm has no weights {tag!r} for {reference}; it has {', '.join(tags) or 'none'}")
+    info = _timm_cfg(cfg)
+    what = f"timm's {reference}.{cfg.tag} weights"
+    if not cfg.hf_hub_id:
+        path = _download(cfg.url, what)
+        return path, {**info, "url": cfg.url, "file": str(path)}
+    path = _hf_download(cfg.hf_hub_id, what)
+    return path, {**info, "file": str(path)}
+
+
+def _hf_download(repo: str, what: str) -> Path:
+    """A timm weights file from the Hugging Face Hub, through huggingface_hub's cache (and its checks)."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    reason = ""
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, filename, local_files_only=_offline()))
+        except LocalEntryNotFoundError:  # not cached, and offline or the Hub out of reach
+            reason = "downloads are off" if _offline() else "the Hugging Face Hub cannot be reached"
+        except EntryNotFoundError:  # (remote) the repository has the other file
+            continue
+        except (HfHubHTTPError, OSError) as e:
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            break
+    url = f"{constants.ENDPOINT}/{repo}/resolve/main/model.safetensors"
+    raise WeightsError(
+        f"cannot get {what}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason or 'not found'}; "
+        f"on a machine with internet run `hf download {repo}` (or fetch {url}) and copy the cache folder here"
+    )
+
+
+def _zoo(model: nn.Module, tag: str | None) -> tuple[Path, dict[str, Any]]:
+    card = getattr(model, "card", None)
+    published = card.weights if card is not None else ()
+    name = getattr(model, "model_name", type(model).__name__)
+    entry = published[0] if published and tag is None else next((w for w in published if w.tag == tag), None)
+    if entry is None:
+        have = f"it has {', '.join(w.tag for w in published)}" if published else "none are published yet"
+        raise WeightsError(
+            f"no zoo weights{' ' + tag if tag else ''} for {name}: {have}; train them with a recipe (zoo fit)"
+        )
+    path = _download(entry.url, f"zoo's {name} weights ({entry.tag})", sha256=entry.sha256)
+    return path, {"source": "zoo", "tag": entry.tag, "url": entry.url, "file": str(path), **entry.card}
+
+
+SOURCE_LOADERS = {"torchvision": _torchvision, "timm": _timm, "zoo": _zoo}
+
+
+def parse_weights(weights: object) -> tuple[str, str | None]:
+    """``(source, tag)`` of a `weights` argument; `tag` is the URL or the path for ``"url"`` and ``"file"``.
+
+    >>> parse_weights("torchvision:IMAGENET1K_V2")
+    ('torchvision', 'IMAGENET1K_V2')
+    >>> parse_weights("timm")
+    ('timm', None)
+    """
+    if isinstance(weights, os.PathLike):
+        return "file", os.fspath(weights)
+    if not isinstance(weights, str) or not weights.strip():
+        raise WeightsError(
+            f"weights must be a file path, a URL or a source name ('torchvision', 'torchvision:TAG', 'timm', "
+            f"'timm:TAG', 'zoo:TAG'), got {weights!r}"
+        )
+    source, colon, tag = weights.partition(":")
+    if source in SOURCE_LOADERS:
+        return source, (tag or None) if colon else None
+    if weights.startswith(("http://", "https://")):
+        return "url", weights
+    return "file", weights
+
+
+def fetch(model: nn.Module, weights: str | Path) -> tuple[dict[str, Tensor], str, dict[str, Any] | None]:
+    """The state dict that `weights` names for `model`, a label for messages, and what is known of it.
+
+    The third item becomes the model's ``pretrained_cfg`` (see `load_weights`): None for a plain file.
+    """
+    source, tag = parse_weights(weights)
+    if source == "file":
+        path, cfg = Path(tag), _card_beside(Path(tag))
+        return load_file(path), f"the {str(path)!r}", cfg
+    if source == "url":
+        path = _download(tag, f"the weights at {tag}")
+        return load_file(path), f"the {tag!r}", {"source": "url", "url": tag, "file": str(path)}
+    path, cfg = SOURCE_LOADERS[source](model, tag)
+    return load_file(path), f"{source}'s {cfg['tag']}", cfg
+
+
+def _card_beside(path: Path) -> dict[str, Any] | None:
+    """The JSON card `zoo export --name` writes next to a weights file (``NAME.json``), if there is one."""
+    card = path.with_suffix(".json")
+    if not card.is_file():
+        return None
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, ValueError):
+        return None
+    return {**data, "source": "file", "file": str(path)} if isinstance(data, dict) else None
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
+    """Load `weights` into `model`; returns the model, with ``model.pretrained_cfg`` set.
+
+    `weights` is a file (``.pth``, ``.safetensors``, a `zoo fit` checkpoint; zoo's key names,
+    torchvision's or timm's: the layout that fits is found, see `load_state_dict`), a URL
+    (downloaded into torch.hub's cache and hash-checked), or a source: ``"torchvision"``,
+    ``"torchvision:TAG"`` (any of torchvision's weight names for the model, e.g. ``IMAGENET1K_V2``),
+    ``"timm"``, ``"timm:TAG"`` (e.g. ``fb_in22k``), ``"zoo:TAG"``. Downloads go through torch.hub
+    and huggingface_hub, into their standard caches, with their hash checks and progress bars;
+    with ``ZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` nothing is downloaded and a missing file is an
+    error that says what to fetch and where to put it.
+
+    ``model.pretrained_cfg`` then says what the weights need: mean, std, crop and resize sizes,
+    interpolation, the class names and published accuracy when the library has them.
+    """
+    state_dict, label, cfg = fetch(model, weights)
+    load_state_dict(model, state_dict, label)
+    model.pretrained_cfg = cfg
+    return model
+
+
+def list_weights(name: str) -> list[dict[str, Any]]:
+    """Every pretrained weights `weights=` can fetch for the registered model `name`, with what is known of them."""
+    from zoo.registry import model_info
+
+    card = model_info(name)
+    found: list[dict[str, Any]] = []
+    if card.torchvision:
+        enum = _torchvision_enum(card.torchvision)
+        for entry in enum:
+            default = " (default)" if entry is enum.DEFAULT else ""
+            found.append(
+                {**_torchvision_cfg(entry), "weights": f"torchvision:{entry.name}{default}", "categories": None}
+            )
+    if card.timm:
+        import timm
+
+        default = timm.models.get_pretrained_cfg(card.timm)
+        for full in timm.list_pretrained(f"{card.timm}.*"):
+            cfg = timm.models.get_pretrained_cfg(full)
+            if cfg is not None and (cfg.hf_hub_id or cfg.url):
+                mark = " (default)" if default is not None and cfg.tag == default.tag else ""
+                found.append({**_timm_cfg(cfg), "weights": f"timm:{cfg.tag}{mark}"})
+    for entry in card.weights:
+        found.append({"source": "zoo", "tag": entry.tag, "weights": f"zoo:{entry.tag}", **entry.card})
+    return found
 
 
 def save_file(weights: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:

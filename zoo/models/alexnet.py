@@ -49,7 +49,7 @@ class AlexNetConfig:
     paper=PAPER,
     input_size=(3, 224, 224),
     min_input_size=(63, 63),
-    variants={"alexnet": Variant(AlexNetConfig(), 61_100_840, "torchvision.models.alexnet")},
+    variants={"alexnet": Variant(AlexNetConfig(), 61_100_840, "torchvision.models.alexnet", torchvision="alexnet")},
 )
 class AlexNet(ZooModel):
     """AlexNet as torchvision ships it (see the module docstring for the departures from the paper).

@@ -39,6 +39,8 @@ class ZooModule(nn.Module):
     in_channels: int
     #: models with a flatten before the classifier take exactly one size
     fixed_input_size: tuple[int, int] | None = None
+    #: what the loaded pretrained weights need (mean, std, crop size, ...; see zoo.weights.load_weights)
+    pretrained_cfg: dict | None = None
 
     # ------------------------------------------------------------------ arithmetic
     def spatial_chain(self) -> list[LayerGeometry]:

@@ -153,14 +153,23 @@ _XL = ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048))
     input_size=(3, 224, 224),
     min_input_size=(32, 32),
     variants={
-        "convnext_tiny": Variant(_T, 28_589_128, "torchvision.models.convnext_tiny"),
-        "convnext_small": Variant(_S, 50_223_688, "torchvision.models.convnext_small"),
-        "convnext_base": Variant(_B, 88_591_464, "torchvision.models.convnext_base"),
-        "convnext_large": Variant(_L, 197_767_336, "torchvision.models.convnext_large"),
+        "convnext_tiny": Variant(
+            _T, 28_589_128, "torchvision.models.convnext_tiny", torchvision="convnext_tiny", timm="convnext_tiny"
+        ),
+        "convnext_small": Variant(
+            _S, 50_223_688, "torchvision.models.convnext_small", torchvision="convnext_small", timm="convnext_small"
+        ),
+        "convnext_base": Variant(
+            _B, 88_591_464, "torchvision.models.convnext_base", torchvision="convnext_base", timm="convnext_base"
+        ),
+        "convnext_large": Variant(
+            _L, 197_767_336, "torchvision.models.convnext_large", torchvision="convnext_large", timm="convnext_large"
+        ),
         "convnext_xlarge": Variant(
             _XL,
             350_196_968,
             "timm.models.convnext_xlarge",
+            timm="convnext_xlarge",
             notes="The paper trains XLarge only with ImageNet-22K pre-training; here it has a 1000-class head.",
         ),
     },

@@ -69,7 +69,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -659,6 +659,7 @@ GOOGLENET_TV = GoogLeNetConfig(kernel_5x5=3, norm_layer=BatchNorm2dEps3, lrn=Fal
             13_004_888,
             "torchvision.models.googlenet() (6,624,904 with aux_logits=False, as its ImageNet weights ship)",
             min_input_size=(15, 15),
+            torchvision="googlenet",
             notes="torchvision's port: batch norm, and a 3x3 conv in the '5x5' branch",
         ),
     },
@@ -679,6 +680,9 @@ class GoogLeNet(_InceptionNet):
         drop_rate: dropout before the classifier; None takes the config's (0.4 paper, 0.2 torchvision).
         act_layer: activation after every conv.
     """
+
+    # torchvision's ImageNet weights expect transform_input=True (its builder sets it with them)
+    pretrained_defaults: ClassVar[dict[str, dict[str, Any]]] = {"torchvision": {"transform_input": True}}
 
     def __init__(
         self,
@@ -748,7 +752,8 @@ class GoogLeNet(_InceptionNet):
                 "3x3 convs in the '5x5' branches, no LRN); its weights do not fit this network"
             )
         key_map = self._stage_key_map({})  # our block names are torchvision's
-        for tap, theirs in zip(self.aux_heads, ("aux1", "aux2"), strict=False):
+        # mapped even without aux heads (aux_logits=False): a file's aux tensors are then left out
+        for tap, theirs in zip(self.config.aux_after, ("aux1", "aux2"), strict=False):
             for ours_rel, theirs_rel in GoogLeNetAux.torchvision_key_map().items():
                 key_map[f"aux_heads.{tap}.{ours_rel}"] = f"{theirs}.{theirs_rel}"
         key_map["fc"] = "fc"
@@ -782,6 +787,7 @@ def _letters(first: str, n: int) -> str:
             InceptionV3Config(),
             27_161_264,
             "torchvision.models.inception_v3 (aux_logits=True; 23,834,568 with aux_logits=False)",
+            torchvision="inception_v3",
             notes="Google's released network (TF-slim), which departs from the paper's Table 1",
         )
     },
@@ -803,6 +809,9 @@ class InceptionV3(_InceptionNet):
         norm_layer: norm after every conv (None gives convs with bias).
         act_layer: activation after every conv.
     """
+
+    # torchvision's ImageNet weights expect transform_input=True (its builder sets it with them)
+    pretrained_defaults: ClassVar[dict[str, dict[str, Any]]] = {"torchvision": {"transform_input": True}}
 
     def __init__(
         self,
@@ -869,8 +878,10 @@ class InceptionV3(_InceptionNet):
         for stage in self.stages[2:]:
             names |= {name: f"Mixed_{name[5:]}" for name, _ in stage.named_children() if name.startswith("mixed")}
         key_map = self._stage_key_map(names)
-        for tap in self.aux_heads:
-            for ours_rel, theirs_rel in InceptionAux.torchvision_key_map().items():
-                key_map[f"aux_heads.{tap}.{ours_rel}"] = f"AuxLogits.{theirs_rel}"
+        # the aux head taps the last 17x17 block (mixed6e); mapped even without it (aux_logits=False),
+        # so that a file's aux tensors are then left out
+        tap = list(self.stages[3].named_children())[-1][0]
+        for ours_rel, theirs_rel in InceptionAux.torchvision_key_map().items():
+            key_map[f"aux_heads.{tap}.{ours_rel}"] = f"AuxLogits.{theirs_rel}"
         key_map["fc"] = "fc"
         return key_map

@@ -279,7 +279,7 @@ def _cifar(n: int) -> ResNetConfig:
 
 
 def _tv(name: str, config: ResNetConfig, num_params: int, paper: Paper | None = None) -> Variant:
-    return Variant(config, num_params, f"torchvision.models.{name}", paper=paper)
+    return Variant(config, num_params, f"torchvision.models.{name}", paper=paper, torchvision=name, timm=name)
 
 
 def _paper(config: ResNetConfig, num_params: int, table_count: str) -> Variant:

@@ -1,6 +1,8 @@
 """Training through PyTorch Lightning: tasks, data modules and the ``zoo fit`` command.
 
 Importing this package imports Lightning and torchmetrics (``import zoo`` does not).
+`predict` classifies new image files with a trained run's checkpoint (``zoo predict`` from
+the command line).
 
 >>> from zoo.training import ClassificationTask, DigitsDataModule
 >>> task = ClassificationTask("lenet5", num_classes=10, in_channels=1)
@@ -18,6 +20,7 @@ from zoo.training.data import (
     ISBI2012DataModule,
     MNISTDataModule,
 )
+from zoo.training.prediction import predict
 from zoo.training.report import RunReport
 from zoo.training.tasks import ClassificationTask, SegmentationTask
 
@@ -33,4 +36,5 @@ __all__ = [
     "MNISTDataModule",
     "RunReport",
     "SegmentationTask",
+    "predict",
 ]

@@ -14,6 +14,14 @@ command line (``--data.root ../shared/data``), several ``--config`` files. On to
   instead, for datasets whose validation and test data are the same).
 - ``--ckpt_path last`` (or ``best``) means the newest run of the same recipe: ``fit``
   resumes it in its own folder; ``validate``, ``test`` and ``predict`` evaluate that checkpoint.
+- ``validate``, ``test`` and ``predict`` of a checkpoint in a run folder
+  (``RUN/checkpoints/best.ckpt``) write into that run folder, need no ``--config`` (the run's
+  own ``config.yaml`` is used; other options still override it), keep the run's
+  ``config.yaml`` as its fit wrote it, and build the network without its pretrained
+  ``weights`` (the checkpoint holds every weight: nothing is downloaded).
+- ``zoo predict --ckpt_path RUN/checkpoints/best.ckpt --data.predict_root FOLDER`` predicts
+  the unlabelled images in FOLDER (any layout) and writes ``RUN/predictions.csv``: path,
+  class name, confidence and the next most probable classes (`ImageFolderDataModule` runs).
 - The number of classes and of input channels go from the data module to the task.
 - Checkpoints are written atomically (`zoo.training.checkpoint.AtomicCheckpointIO`): a kill
   while saving leaves the previous one intact.
@@ -23,6 +31,7 @@ command line (``--data.root ../shared/data``), several ``--config`` files. On to
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import tempfile
@@ -30,16 +39,18 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from zoo.errors import ZooError
 from zoo.training.checkpoint import AtomicCheckpointIO
 from zoo.training.report import ProgressBar, RunReport, run_folder
+from zoo.training.tasks import weights_from_checkpoint
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 RUNS_DIR = "runs"
@@ -67,6 +78,14 @@ def _one_line(message: str) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
+def _unwrapped(message: str) -> str:
+    """The message of an error raised in a DataLoader worker, without the worker's traceback around it."""
+    lines = message.strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return lines[-1].split(": ", 1)[-1]  # "zoo.errors.DatasetError: cannot decode ..."
+    return message
+
+
 def _user_error(e: BaseException) -> ZooError | None:
     """The `ZooError` behind `e` (jsonargparse wraps errors raised while instantiating classes)."""
     seen = set()
@@ -82,10 +101,14 @@ class ZooArgumentParser(LightningArgumentParser):
     """Parse errors become a `RecipeError` (one line) instead of usage text and `sys.exit`."""
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
-        hint = f"see `zoo {self.prog.split()[-1]} --help`"
-        if "arguments are required" in message:
+        command = self.prog.split()[-1] if self.prog.split()[-1] in SUBCOMMANDS else "fit"
+        hint = f"see `zoo {command} --help`"
+        if re.search(r"arguments are required: \w+\.(data|model)\b", message):
             hint = "give a recipe: --config recipes/NAME.yaml"
-        raise RecipeError(f"{_one_line(message)} ({hint})") from ex
+        text = _one_line(message)
+        if text.endswith(("--help`)", "NAME.yaml)")):  # raised again by an enclosing parser: hinted already
+            raise RecipeError(text) from ex
+        raise RecipeError(f"{text} ({hint})") from ex
 
 
 class ZooCLI(LightningCLI):
@@ -141,6 +164,25 @@ class ZooCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         if ckpt in ("last", "best"):
             self._resolve_checkpoint(config, ckpt)
+        elif ckpt and "://" not in str(ckpt) and ckpt not in ("hpc", "registry"):
+            if not Path(ckpt).is_file():
+                raise RecipeError(f"checkpoint not found: {ckpt}; give RUN/checkpoints/best.ckpt, best or last")
+            run = _run_of(Path(ckpt))
+            if run is not None and self.subcommand != "fit":
+                self._log_into(config, run)
+
+    def instantiate_classes(self) -> None:
+        # evaluating a checkpoint: it holds every weight, so the pretrained ones are not loaded (nor downloaded)
+        from_checkpoint = self.subcommand != "fit" and bool(self.config[self.subcommand].get("ckpt_path"))
+        with weights_from_checkpoint() if from_checkpoint else contextlib.nullcontext():
+            super().instantiate_classes()
+
+    def _log_into(self, config: Any, run: Path) -> None:
+        """Write this command's outputs (predictions.csv, metrics.json) into the checkpoint's run folder."""
+        if self._run_root(config) is None:
+            return
+        args = config["trainer"]["logger"]["init_args"]
+        args["save_dir"], args["name"], args["version"] = str(run.parent.parent), run.parent.name, run.name
 
     def _run_root(self, config: Any) -> Path | None:
         logger = config["trainer"].get("logger")
@@ -215,6 +257,44 @@ class ZooCLI(LightningCLI):
         print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder})")
 
 
+class SaveRunConfig(SaveConfigCallback):
+    """Lightning's config.yaml writer, except that validating, testing or predicting leaves a run's own config."""
+
+    def setup(self, trainer: Any, pl_module: LightningModule, stage: str) -> None:
+        folder = run_folder(trainer)
+        if stage != "fit" and folder is not None and (folder / self.config_filename).is_file():
+            return
+        super().setup(trainer, pl_module, stage)
+
+
+def _run_of(ckpt: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (``RUN/checkpoints/X.ckpt`` with ``RUN/config.yaml``), or None."""
+    for folder in (ckpt.parent, ckpt.parent.parent):
+        if (folder / "config.yaml").is_file() or (folder / "hparams.yaml").is_file():
+            return folder
+    return None
+
+
+def _with_run_config(argv: list[str], folder: Path) -> list[str]:
+    """`argv` with ``--config RUN/config.yaml`` (adapted) when validating, testing or predicting a run's checkpoint
+    without a recipe; the adapted copy is written into `folder`, named after the recipe."""
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return argv
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv
+    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
+    ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    run = _run_of(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
+    if run is None or not (run / "config.yaml").is_file():
+        return argv
+    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    for key in ("test_after_fit", "test_ckpt", "ckpt_path"):  # fit's own options
+        config.pop(key, None)
+    adapted = folder / f"{run.parent.name}.yaml"  # the recipe's name, for the logger
+    adapted.write_text(yaml.safe_dump(config, sort_keys=False))
+    return [argv[0], "--config", str(adapted), *argv[1:]]
+
+
 def _check_writable(folder: Path) -> None:
     """Fail before training, not after the first epoch, if the run folder cannot be written."""
     try:
@@ -263,6 +343,7 @@ def run(argv: list[str] | None) -> ZooCLI:
         parser_class=ZooArgumentParser,
         recipe=recipe,
         args=argv,
+        save_config_callback=SaveRunConfig,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
@@ -281,8 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     saved = sys.argv
-    sys.argv = [saved[0] if saved else "zoo", *argv]  # LightningCLI reads sys.argv
+    scratch = tempfile.TemporaryDirectory(prefix="zoo-")
     try:
+        argv = _with_run_config(argv, Path(scratch.name))
+        sys.argv = [saved[0] if saved else "zoo", *argv]  # LightningCLI reads sys.argv
         run(None)
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
@@ -293,12 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         error = e if isinstance(e, MisconfigurationException) else _user_error(e)
         if error is None or debug:
             raise
-        text = str(error) if isinstance(error, RecipeError) else _one_line(str(error))
+        text = str(error) if isinstance(error, RecipeError) else _one_line(_unwrapped(str(error)))
         if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every process stops; one of them says why
             print(f"zoo: error: {text}", file=sys.stderr)
         return 2
     finally:
         sys.argv = saved
+        scratch.cleanup()
     return 0
 
 

@@ -15,7 +15,9 @@ loading is then a small fraction of a step (docs/training.md has the measurement
 - `ImageFolderDataModule`: ``train/<class>/*.jpg`` and ``val/`` or ``test/`` folders, or the
   same inside a .tar.gz / .tgz / .tar / .zip archive. The images are decoded once and the
   decoded tensors cached (``~/.cache/zoo/datasets``, or ``$ZOO_CACHE``), so later runs start
-  at once; the archive itself is read in place, never extracted file by file.
+  at once; the archive itself is read in place, never extracted file by file. Its photo
+  mode (``mode="photo"``) is the exception to the in-memory rule: photos of any size,
+  decoded and transformed per image in the DataLoader's workers, as fine-tuning needs.
 - `ISBI2012DataModule`: the ISBI 2012 EM membranes (``images/N.png``, ``labels/N.png``), a
   fixed held-out set of slices, and the U-Net paper's augmentation: flips, rotations,
   elastic deformation (a 3x3 grid of Gaussian displacements, bicubic upsampling) and
@@ -27,15 +29,17 @@ it was looked for and how to get it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
 import os
+import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -222,7 +226,9 @@ class InMemoryDataModule(L.LightningDataModule):
         }
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
-        dataset = self.splits[split]
+        return self._dataloader(self.splits[split], train)
+
+    def _dataloader(self, dataset: Dataset, train: bool) -> DataLoader:
         batch_size = self.batch_size if train else self.eval_batch_size
         return DataLoader(
             dataset,
@@ -253,11 +259,15 @@ class InMemoryDataModule(L.LightningDataModule):
             x, y = self.augment(x, y)
         return self.normalize(x), y.long()
 
+    def _mean_std(self) -> tuple[Sequence[float], Sequence[float]]:
+        return self.mean, self.std
+
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 (or 0..255 float) images -> float32, normalised per channel."""
         if self._scale is None or self._scale.device != x.device:
-            mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
-            std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
+            mean, std = self._mean_std()
+            mean = torch.tensor(mean, dtype=torch.float32, device=x.device)
+            std = torch.tensor(std, dtype=torch.float32, device=x.device)
             self._scale = (1 / (255 * std)).view(1, -1, 1, 1)
             self._shift = (-mean / std).view(1, -1, 1, 1)
         return torch.addcmul(self._shift, x.float(), self._scale)
@@ -521,27 +531,69 @@ def _is_archive(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith((".tar.gz", ".tgz", ".tar", ".zip"))
 
 
-def _members(root: Path) -> Iterator[tuple[str, bytes]]:
-    """(relative path, bytes) of every image file in a folder or an archive."""
+def is_image_file(path: str) -> bool:
+    """Whether a file counts as an image: an image extension, and no hidden part (``.DS_Store``, ``._x.jpg``)."""
+    parts = path.split("/")
+    return path.lower().endswith(IMAGE_SUFFIXES) and not any(p.startswith(".") for p in parts)
+
+
+def _say(message: str) -> None:
+    """One line for the person running the command, on stderr (from the first process only)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(f"zoo: {message}", file=sys.stderr)
+
+
+def _skipped_message(skipped: Sequence[str], where: str) -> str:
+    shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    files = "file that is not an image" if len(skipped) == 1 else "files that are not images"
+    return f"skipped {len(skipped)} {files} in {where}: {shown}"
+
+
+def _members(root: Path, skipped: list[str] | None = None) -> Iterator[tuple[str, bytes]]:
+    """(relative path, bytes) of every image file in a folder or an archive; the others' names go to `skipped`."""
+    skipped = [] if skipped is None else skipped
     if _is_archive(root):
         if root.name.lower().endswith(".zip"):
             with zipfile.ZipFile(root) as zf:
                 for info in zf.infolist():
-                    if not info.is_dir() and info.filename.lower().endswith(IMAGE_SUFFIXES):
+                    if info.is_dir():
+                        continue
+                    if is_image_file(info.filename):
                         yield info.filename, zf.read(info)
+                    else:
+                        skipped.append(info.filename)
             return
         with tarfile.open(root, "r|*") as tf:  # streamed: one pass over the compressed file
             for member in tf:
-                if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                if not member.isfile():
+                    continue
+                if is_image_file(member.name):
                     f = tf.extractfile(member)
                     if f is not None:
                         yield member.name, f.read()
+                else:
+                    skipped.append(member.name)
         return
-    for dirpath, _, filenames in sorted(os.walk(root)):
-        for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                path = Path(dirpath) / name
-                yield path.relative_to(root).as_posix(), path.read_bytes()
+    for name in _list_files(root):
+        if is_image_file(name):
+            yield name, (root / name).read_bytes()
+        else:
+            skipped.append(name)
+
+
+def _list_files(root: Path) -> list[str]:
+    """The relative paths of every file in a folder (following links) or a .zip archive, sorted."""
+    if root.is_file():
+        with zipfile.ZipFile(root) as zf:
+            return sorted(info.filename for info in zf.infolist() if not info.is_dir())
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        folder = Path(dirpath).relative_to(root)
+        names += [(folder / name).as_posix() for name in filenames]
+    return sorted(names)
 
 
 def decode(data: bytes, mode: str = "RGB") -> Tensor:
@@ -552,6 +604,59 @@ def decode(data: bytes, mode: str = "RGB") -> Tensor:
     with Image.open(io.BytesIO(data)) as im:
         array = np.asarray(im.convert(mode))
     return torch.from_numpy(array.copy()).view(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+
+
+def decode_photo(data: bytes, mode: str = "RGB") -> Tensor:
+    """`decode`, turned upright first as the photo's EXIF orientation says (phones store photos sideways)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        array = np.asarray(ImageOps.exif_transpose(im).convert(mode))
+    return torch.from_numpy(array.copy()).view(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+
+
+class ImageFiles(Dataset):
+    """Image files decoded one at a time (in the DataLoader's workers): (transform(image), target) per item.
+
+    Args:
+        root: the folder the names are relative to, or a .zip archive that holds them (None:
+            the names are the files' paths).
+        names: the files' relative paths.
+        targets: one integer per file (the class, or for unlabelled images the file's index).
+        transform: called on the decoded uint8 image (C, H, W).
+        grayscale: decode to one channel instead of RGB.
+    """
+
+    def __init__(
+        self, root: Path | None, names: Sequence[str], targets: Sequence[int], transform: Any, grayscale: bool = False
+    ) -> None:
+        self.root, self.names, self.targets = root, list(names), list(targets)
+        self.transform, self.mode = transform, "L" if grayscale else "RGB"
+        self._zip: zipfile.ZipFile | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getstate__(self) -> dict[str, Any]:  # workers open their own archive handle
+        return {**self.__dict__, "_zip": None, "_pid": -1}
+
+    def _read(self, name: str) -> bytes:
+        if self.root is None or self.root.is_dir():
+            return (self.root / name if self.root is not None else Path(name)).read_bytes()
+        if self._zip is None or self._pid != os.getpid():
+            self._zip, self._pid = zipfile.ZipFile(self.root), os.getpid()
+        return self._zip.read(name)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        name = self.names[index]
+        try:
+            image = decode_photo(self._read(name), self.mode)
+        except OSError:
+            where = f" in {self.root}" if self.root is not None else ""
+            raise DatasetError(f"cannot decode image {name}{where}: the file is damaged; remove it") from None
+        return self.transform(image), self.targets[index]
 
 
 def _fingerprint(root: Path, options: tuple[Any, ...]) -> str:
@@ -574,21 +679,117 @@ def default_cache_dir() -> Path:
     return Path(base) / "datasets"
 
 
+def _one_size(value: Any) -> int | None:
+    """A size from a weights' card (an int, or a sequence whose first item is the size), or None."""
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return int(value) if value else None
+
+
+def eval_transform(preprocessing: dict[str, Any]) -> Any:
+    """The evaluation transform a run's `preprocessing` record (`ImageFolderDataModule.preprocessing`) describes.
+
+    Photo mode: resize the short side to ``resize_size`` (aspect kept), then the centre
+    ``image_size`` square; memory mode: resize to the training images' ``image_size`` (H, W).
+    Both map uint8 (C, H, W) to uint8; normalisation comes after, on the batch.
+    """
+    from torchvision.transforms import InterpolationMode, v2
+
+    interpolation = InterpolationMode(preprocessing.get("interpolation", "bilinear"))
+    size = preprocessing["image_size"]
+    if preprocessing.get("mode") == "photo":
+        return v2.Compose(
+            [
+                v2.Resize(preprocessing["resize_size"], interpolation=interpolation, antialias=True),
+                v2.CenterCrop(size),
+            ]
+        )
+    return v2.Resize(tuple(size), interpolation=interpolation, antialias=True)
+
+
+def photo_train_transform(preprocessing: dict[str, Any], hflip: bool, color_jitter: float) -> Any:
+    """Photo mode's training transform: a random resized crop, a random mirror image, mild colour jitter."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    interpolation = InterpolationMode(preprocessing.get("interpolation", "bilinear"))
+    ops = [v2.RandomResizedCrop(preprocessing["image_size"], interpolation=interpolation, antialias=True)]
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if color_jitter:
+        ops.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    return v2.Compose(ops)
+
+
+def image_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files among `paths` (files, or folders searched recursively in sorted order); says what it skipped."""
+    found: list[Path] = []
+    for item in [paths] if isinstance(paths, str | Path) else paths:
+        item = Path(item)
+        if item.is_dir():
+            names = _list_files(item)
+            skipped = [n for n in names if not is_image_file(n)]
+            if skipped:
+                _say(_skipped_message(skipped, str(item)))
+            found += [item / n for n in names if is_image_file(n)]
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise DatasetNotFoundError(f"no image file or folder at {item}: give image files or folders of images")
+    if not found:
+        raise DatasetNotFoundError(f"no images found in {paths}: expected {', '.join(IMAGE_SUFFIXES)} files")
+    return found
+
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
 class ImageFolderDataModule(InMemoryDataModule):
     """Images in class folders, ``train/<class>/*`` with ``val/`` and/or ``test/``, in a folder or an archive.
 
     The split folders may sit below a top folder (``cifar10/train/cat/0001.jpg``). Without a
     ``val/`` folder, `val_size` images of ``train/`` are held out for validation; without a
-    ``test/`` folder, the test split is the validation split. Every image is decoded once,
-    resized to `image_size` if given (otherwise all must have one size), and the decoded
-    tensors are cached in `cache_dir`, keyed by the source's path, size and modification time.
+    ``test/`` folder, the test split is the validation split (said once, when testing starts).
+    Files that are not images (``notes.txt``, ``.DS_Store``, any hidden file) are skipped, and
+    one line names how many and the first few.
+
+    Two modes, chosen by `mode`, because the two kinds of data need opposite things:
+
+    - ``"memory"`` (default): small images of one size (CIFAR, MNIST as JPEGs). Every image is
+      decoded once, resized to `image_size` if given (otherwise all must have one size), and
+      the decoded tensors are cached in `cache_dir`, keyed by the source's path, size and
+      modification time; batches come from memory and are augmented on the device
+      (`crop_padding`, `hflip`), normalised with the training split's mean and std.
+    - ``"photo"``: photos of any size and shape, as for fine-tuning. Nothing is decoded ahead:
+      each image is read, turned upright (EXIF), and transformed per item in the DataLoader's
+      workers (torchvision.transforms.v2). Training: a random resized crop to `image_size`
+      (scale 0.08-1, aspect 3/4-4/3), a random mirror image (`hflip`, on unless set false)
+      and colour jitter (`color_jitter`); evaluation and prediction: the short side resized
+      to ``image_size / 0.875`` (the pretrained weights' resize size where they say one for
+      this crop) and the centre `image_size` square. The mean and std (and the default
+      `image_size` and interpolation) are the network's pretrained weights' when it has any
+      (``net.pretrained_cfg``), else its model card's; `mean`/`std` override them. Reads a
+      folder or a .zip archive (a .tar must be extracted first: it cannot be read file by
+      file). What was used is saved in checkpoints (`state_dict`), so a checkpoint is
+      evaluated and predicted with the preprocessing it was trained with.
+
+    `predict_root` (both modes) names unlabelled images to predict instead of the test split:
+    a folder in any layout (searched recursively) or one file; ``zoo predict`` then writes
+    their paths, predicted class names and confidences to ``predictions.csv``.
 
     Args:
-        root: the folder, or a .tar.gz / .tgz / .tar / .zip archive.
-        image_size: resize every image to this square size; None keeps the size.
+        root: the folder, or a .tar.gz / .tgz / .tar / .zip archive (photo mode: a folder or a .zip).
+        mode: ``"memory"`` or ``"photo"`` (see above).
+        image_size: memory mode: resize every image to this square size (None keeps the
+            size); photo mode: the side of the crops (None: the weights' crop size, else the
+            model card's input size).
         grayscale: decode to one channel instead of RGB.
         val_size: images held out of ``train/`` when there is no ``val/`` folder (count or fraction).
-        cache_dir: where to keep the decoded tensors (default: `default_cache_dir()`).
+        cache_dir: memory mode: where to keep the decoded tensors (default: `default_cache_dir()`).
+        hflip: random left-right mirror images in training (None: on in photo mode, off in memory mode).
+        color_jitter: photo mode: the strength of random brightness, contrast and saturation
+            changes in training (0 turns them off).
+        predict_root: unlabelled images to predict (a folder in any layout, or a file).
+        num_workers: DataLoader worker processes (None: 0 in memory mode, up to 8 in photo mode).
         See `InMemoryDataModule` for the rest.
     """
 
@@ -596,69 +797,106 @@ class ImageFolderDataModule(InMemoryDataModule):
         self,
         root: str = "data",
         *,
+        mode: Literal["memory", "photo"] = "memory",
         image_size: int | None = None,
         grayscale: bool = False,
         val_size: int | float = 0.1,
         cache_dir: str | None = None,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         crop_padding: int = 0,
-        hflip: bool = False,
+        hflip: bool | None = None,
+        color_jitter: float = 0.2,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        predict_root: str | None = None,
     ) -> None:
+        if mode not in ("memory", "photo"):
+            raise DatasetError(f"ImageFolderDataModule: mode must be 'memory' or 'photo', got {mode!r}")
+        photo = mode == "photo"
+        if num_workers is None:
+            num_workers = min(8, os.cpu_count() or 1) if photo else 0
         super().__init__(
             root,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             crop_padding=crop_padding,
-            hflip=hflip,
+            hflip=photo if hflip is None else hflip,
             mean=mean,
             std=std,
         )
+        if image_size is not None:
+            check_int(image_size, "image_size", type(self).__name__)
+        if not 0 <= color_jitter < 1:
+            raise DatasetError(f"ImageFolderDataModule: color_jitter must be in [0, 1), got {color_jitter!r}")
+        if photo and crop_padding:
+            raise DatasetError(
+                "ImageFolderDataModule: crop_padding is memory mode's augmentation; photo mode crops at random "
+                "already (leave crop_padding out)"
+            )
+        if predict_root is not None and not Path(predict_root).exists():
+            raise DatasetNotFoundError(
+                f"predict_root {predict_root} does not exist: give a folder of images (any layout) or an image file"
+            )
+        self.mode, self.color_jitter, self.predict_root = mode, color_jitter, predict_root
         self.image_size, self.grayscale, self.val_size = image_size, grayscale, val_size
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.in_channels = 1 if grayscale else 3
         self._decoded: dict[str, Any] | None = None
+        self._photos: dict[str, Any] | None = None  # photo mode: classes and file lists
+        self._files: dict[str, tuple[list[str], list[int]]] = {}  # photo mode: split -> (names, targets)
+        self._restored: dict[str, Any] | None = None  # the preprocessing a checkpoint was trained with
+        self._preprocessing: dict[str, Any] | None = None
+        self._test_is_val = ""  # where the test split comes from when there is no test/ folder
+        self.predict_paths: list[str] | None = None
+        self._said: set[str] = set()
 
     @property
     def classes(self) -> list[str]:  # type: ignore[override]
-        return self.decoded()["classes"]
+        return self.photos()["classes"] if self.mode == "photo" else self.decoded()["classes"]
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]
         return len(self.classes)
 
-    def decoded(self) -> dict[str, Any]:
-        """The decoded splits ({"classes", "train", "val"?, "test"?}), from the cache or from the source."""
-        if self._decoded is not None:
-            return self._decoded
+    def _check_root(self) -> Path:
         root = Path(self.root)
         if not root.exists():
             raise DatasetNotFoundError(
                 f"image folder not found: {root} does not exist; point --data.root at a folder with train/<class>/ "
                 f"and val/ or test/ subfolders, or at a .tar.gz/.zip archive of one"
             )
+        return root
+
+    # ------------------------------------------------------------------ memory mode
+    def decoded(self) -> dict[str, Any]:
+        """The decoded splits ({"classes", "train", "val"?, "test"?}), from the cache or from the source."""
+        if self._decoded is not None:
+            return self._decoded
+        root = self._check_root()
         cache = self.cache_dir / f"{root.name}-{_fingerprint(root, (self.image_size, self.grayscale))}.pt"
+        decoded = None
         if cache.is_file():
-            try:
-                self._decoded = torch.load(cache, weights_only=True)
-                return self._decoded
-            except Exception:  # a damaged cache is rebuilt
-                pass
-        self._decoded = self._decode(root)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save(self._decoded, tmp)
-        os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the whole new one
-        return self._decoded
+            with contextlib.suppress(Exception):  # a damaged cache is rebuilt
+                decoded = torch.load(cache, weights_only=True)
+        if decoded is None:
+            decoded = self._decode(root)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}")
+            torch.save(decoded, tmp)
+            os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the whole new one
+        if decoded.get("skipped"):
+            _say(_skipped_message(decoded["skipped"], str(root)))
+        self._decoded = decoded
+        return decoded
 
     def _decode(self, root: Path) -> dict[str, Any]:
         mode = "L" if self.grayscale else "RGB"
         found: dict[str, dict[str, list[Tensor]]] = {}
-        for path, data in _members(root):
+        skipped: list[str] = []
+        for path, data in _members(root, skipped):
             parts = path.split("/")
             if len(parts) < 3 or parts[-3] not in ("train", "val", "test"):
                 continue
@@ -691,7 +929,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         if not found.keys() & {"val", "test"} and not self.val_size:
             raise DatasetError(f"{root} has no val/ or test/ folder: set --data.val_size to hold out part of train/")
         classes = sorted(found["train"])
-        out: dict[str, Any] = {"classes": classes}
+        out: dict[str, Any] = {"classes": classes, "skipped": skipped}
         for split, by_class in found.items():
             unknown = sorted(set(by_class) - set(classes))
             if unknown:
@@ -705,7 +943,7 @@ class ImageFolderDataModule(InMemoryDataModule):
             if len(sizes) > 1:
                 raise DatasetError(
                     f"{root}: the images of {split}/ differ in size ({', '.join(map(str, sorted(sizes)[:3]))}, ...); "
-                    f"set --data.image_size to resize them"
+                    f"set --data.image_size to resize them, or --data.mode photo for photos of any size"
                 )
             out[split] = (torch.stack(images), torch.tensor(targets, dtype=torch.long))
         return out
@@ -719,7 +957,216 @@ class ImageFolderDataModule(InMemoryDataModule):
             keep, held = holdout(len(train[1]), self.val_size)
             splits = {"train": (train[0][keep], train[1][keep]), "val": (train[0][held], train[1][held])}
         splits["test"] = d.get("test", splits["val"])
+        if "test" not in d:
+            self._test_is_val = "val/" if "val" in d else "the images held out of train/"
         return splits
+
+    # ------------------------------------------------------------------ photo mode
+    def photos(self) -> dict[str, Any]:
+        """Photo mode's file lists: {"classes", "root", "train"/"val"/"test": (names, targets)}, found once."""
+        if self._photos is None:
+            self._photos = self._find_photos(self._check_root())
+        return self._photos
+
+    def _find_photos(self, root: Path) -> dict[str, Any]:
+        if _is_archive(root) and not root.name.lower().endswith(".zip"):
+            raise DatasetError(
+                f"{root}: photo mode reads images one by one, which a .tar cannot do; extract it "
+                f"(tar xf {root.name}) and point --data.root at the folder, or use a .zip"
+            )
+        names = _list_files(root)
+        # the split folders' parent: the shallowest folder that holds train/<class>/<file>
+        tops = set()
+        for name in names:
+            parts = name.split("/")
+            if "train" in parts[:-2]:
+                tops.add("/".join(parts[: parts.index("train")]))
+        if not tops:
+            raise DatasetNotFoundError(
+                f"no train/<class>/<image> files found in {root}: expected train/ and val/ or test/ folders of class "
+                f"subfolders"
+            )
+        depth = min(t.count("/") + bool(t) for t in tops)
+        shallowest = sorted(t for t in tops if t.count("/") + bool(t) == depth)
+        if len(shallowest) > 1:
+            raise DatasetError(
+                f"{root} holds more than one dataset ({', '.join(f'{t}/train' for t in shallowest[:3])}); "
+                f"point --data.root at one of them"
+            )
+        prefix = shallowest[0] + "/" if shallowest[0] else ""
+        by_split: dict[str, dict[str, list[str]]] = {}
+        skipped = []
+        for name in names:
+            parts = name[len(prefix) :].split("/") if name.startswith(prefix) else []
+            if len(parts) >= 3 and parts[0] in ("train", "val", "test") and is_image_file(name[len(prefix) :]):
+                by_split.setdefault(parts[0], {}).setdefault(parts[1], []).append(name)
+            else:
+                skipped.append(name)
+        if skipped:
+            _say(_skipped_message(skipped, str(root)))
+        classes = sorted(by_split.get("train", {}))
+        if root.is_dir():  # an empty class folder would silently shift every label after it
+            for folder in sorted(p for p in (root / prefix / "train").iterdir() if p.is_dir()):
+                if folder.name not in classes:
+                    raise DatasetError(f"class folder {folder} holds no images; add images to it or remove it")
+        if not by_split.keys() & {"val", "test"} and not self.val_size:
+            raise DatasetError(f"{root} has no val/ or test/ folder: set --data.val_size to hold out part of train/")
+        out: dict[str, Any] = {"classes": classes}
+        for split, by_class in by_split.items():
+            unknown = sorted(set(by_class) - set(classes))
+            if unknown:
+                raise DatasetError(f"{root}: {split}/ has classes not in train/: {', '.join(unknown[:5])}")
+            files = [(name, i) for i, cls in enumerate(classes) for name in by_class.get(cls, [])]
+            out[split] = ([n for n, _ in files], [t for _, t in files])
+        return out
+
+    def _setup_photos(self) -> None:
+        found = self.photos()
+        names, targets = found["train"]
+        if "val" in found:
+            self._files = {"train": found["train"], "val": found["val"]}
+        else:
+            keep, held = (i.tolist() for i in holdout(len(names), self.val_size))
+            self._files = {
+                "train": ([names[i] for i in keep], [targets[i] for i in keep]),
+                "val": ([names[i] for i in held], [targets[i] for i in held]),
+            }
+        self._files["test"] = found.get("test", self._files["val"])
+        if "test" not in found:
+            self._test_is_val = "val/" if "val" in found else "the images held out of train/"
+
+    def _network(self) -> tuple[dict[str, Any], Any]:
+        """The network's pretrained_cfg ({} without weights) and model card (None if unknown)."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        cfg = getattr(getattr(module, "net", None), "pretrained_cfg", None)
+        name = getattr(module, "hparams", {}).get("model") if module is not None else None
+        card = None
+        if isinstance(name, str):
+            import zoo
+
+            with contextlib.suppress(zoo.ZooError):
+                card = zoo.model_info(name)
+        return (dict(cfg) if isinstance(cfg, dict) else {}), card
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How images become the network's inputs in this run: mode, sizes, interpolation, mean, std, classes.
+
+        Saved in checkpoints (`state_dict`) and read by `zoo.training.predict`. Photo mode
+        chooses, in order: this module's own arguments, a checkpoint's record, the network's
+        pretrained weights (``net.pretrained_cfg``), its model card, ImageNet's values.
+        """
+        if self._preprocessing is not None:
+            return self._preprocessing
+        if self.mode == "memory":
+            if not self.splits:
+                self.setup()
+            return {
+                "mode": "memory",
+                "image_size": list(self.splits["train"].images.shape[-2:]),
+                "interpolation": "bilinear",
+                "mean": list(self.mean),
+                "std": list(self.std),
+                "grayscale": self.grayscale,
+                "classes": list(self.classes),
+            }
+        restored = self._restored or {}
+        cfg, card = self._network()
+        size = self.image_size or restored.get("image_size") or _one_size(cfg.get("crop_size"))
+        size = size or (card.input_size[-1] if card is not None else 224)
+        if restored.get("image_size") == size and restored.get("resize_size"):
+            resize = restored["resize_size"]
+        elif _one_size(cfg.get("crop_size")) == size and _one_size(cfg.get("resize_size")):
+            resize = _one_size(cfg.get("resize_size"))
+        else:
+            resize = int(size / 0.875)
+        if self.mean is not None and self.std is not None:
+            (mean, std), source = (self.mean, self.std), "the mean and std given"
+        elif restored.get("mean"):
+            (mean, std), source = (restored["mean"], restored["std"]), "the checkpoint's mean and std"
+        elif cfg.get("mean") and cfg.get("std"):
+            (mean, std), source = (cfg["mean"], cfg["std"]), "the pretrained weights' mean and std"
+        elif card is not None:
+            (mean, std), source = (card.mean, card.std), f"{card.name}'s model card's mean and std"
+        else:
+            (mean, std), source = IMAGENET_MEAN_STD, "ImageNet's mean and std"
+        if self.grayscale and len(mean) == 3:  # grey images of an RGB network's statistics: their average
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        self._preprocessing = {
+            "mode": "photo",
+            "image_size": int(size),
+            "resize_size": int(resize),
+            "interpolation": restored.get("interpolation") or cfg.get("interpolation") or "bilinear",
+            "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std],
+            "grayscale": self.grayscale,
+            "classes": list(self.classes),
+        }
+        self._say_once(
+            f"photo mode: random {size}x{size} crops to train; to evaluate and predict, the centre {size}x{size} of "
+            f"images resized to {resize} (short side); normalised with {source}"
+        )
+        return self._preprocessing
+
+    def _say_once(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            _say(message)
+
+    def _mean_std(self) -> tuple[Sequence[float], Sequence[float]]:
+        if self.mode == "photo":
+            pre = self.preprocessing()
+            return pre["mean"], pre["std"]
+        return super()._mean_std()
+
+    def _photo_loader(self, split: str, train: bool = False) -> DataLoader:
+        pre = self.preprocessing()
+        names, targets = self._files[split]
+        transform = photo_train_transform(pre, self.hflip, self.color_jitter) if train else eval_transform(pre)
+        dataset = ImageFiles(Path(self.root), names, targets, transform, self.grayscale)
+        return self._dataloader(dataset, train)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        if self.mode == "photo":
+            if not self._files:
+                self._setup_photos()
+            return
+        super().setup(stage)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if self.mode == "photo":
+            return self._photo_loader(split, train)
+        return super()._loader(split, train)
+
+    def augment(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mode == "photo":  # done per image in the workers
+            return x, y
+        return super().augment(x, y)
+
+    def test_dataloader(self) -> DataLoader:
+        if self._test_is_val:
+            self._say_once(
+                f"{self.root} has no test/ folder: the test metrics are on the validation split ({self._test_is_val})"
+            )
+        return super().test_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_root is None:
+            return super().predict_dataloader()
+        self.predict_paths = [str(f) for f in image_files(self.predict_root)]
+        transform = eval_transform(self.preprocessing())
+        dataset = ImageFiles(None, self.predict_paths, range(len(self.predict_paths)), transform, self.grayscale)
+        return self._dataloader(dataset, train=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the `preprocessing` the network was trained with."""
+        return {"preprocessing": self.preprocessing()} if (self.splits or self._files) else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        restored = state_dict.get("preprocessing")
+        if restored and restored.get("mode") == self.mode == "photo":
+            self._restored, self._preprocessing, self._scale = restored, None, None
 
 
 # --------------------------------------------------------------------------- ISBI 2012

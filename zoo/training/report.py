@@ -4,7 +4,10 @@
 fitting it draws ``curves.png`` (the losses, and every other logged metric, per epoch)
 from the logger's ``metrics.csv``; after testing it writes ``metrics.json`` (the test
 metrics, the model and data, the wall time); after prediction ``predictions.csv``
-(classification) or ``predictions/N.png`` masks (segmentation). `ProgressBar` is Lightning's
+(classification: for the test split, each image's index, predicted class index, confidence
+and target; for unlabelled images, ``--data.predict_root``, each file's path, predicted
+class name and confidence and the next most probable classes, as `zoo.training.predict`
+returns them) or ``predictions/N.png`` masks (segmentation). `ProgressBar` is Lightning's
 progress bar, redrawn at most twice a second; `CSVLogger` is Lightning's, appending to the
 ``metrics.csv`` of a resumed run instead of deleting it. matplotlib is imported
 only when a plot is drawn, with the Agg backend (no display needed).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -261,8 +265,26 @@ class RunReport(L.Callback):
                 scale = 255 // max(int(mask.max()), 1)
                 Image.fromarray((mask * scale).to(torch.uint8).numpy()).save(out / f"{i}.png")
             return
+        paths = getattr(trainer.datamodule, "predict_paths", None) if trainer.datamodule is not None else None
+        if paths is not None and "top_classes" in merged:  # unlabelled images: their paths and class names
+            from zoo.training.prediction import prediction_rows
+
+            names = [paths[i] for i in merged["target"].tolist()]
+            rows = prediction_rows(names, merged["top_classes"], merged["top_probs"], _class_names(pl_module))
+            with open(folder / "predictions.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+            print(f"zoo: wrote the predictions for {len(rows)} images to {folder / 'predictions.csv'}", file=sys.stderr)
+            return
+        keys = [k for k in keys if merged[k].dim() == 1]  # the top-k columns are for named files only
         with open(folder / "predictions.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["index", *keys])
             for i in range(len(merged["pred"])):
                 w.writerow([i, *(_plain(merged[k][i]) for k in keys)])
+
+
+def _class_names(pl_module: L.LightningModule) -> list[str]:
+    classes = getattr(pl_module, "_classes", None)
+    return classes() if callable(classes) else [str(i) for i in range(getattr(pl_module, "num_classes", 0))]

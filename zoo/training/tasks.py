@@ -19,6 +19,18 @@ PNG. Segmentation logs the mean IoU over the classes (``iou``, the Jaccard index
 mean Dice score (``dice``: per class, Dice equals the pixel F1 score) and pixel accuracy
 (``pixel_acc``), each over all pixels of the epoch.
 
+Fine-tuning (`ClassificationTask`): ``weights`` starts the network from pretrained weights
+(`zoo.create`'s ``weights=``: a file, ``"torchvision"``, ``"timm:TAG"``, ...; a different
+number of classes keeps the backbone and starts a fresh head). ``freeze_backbone`` stops
+training the backbone (``true``) or its first n stages (an int): the backbone is
+``net.stages``, the classifier everything outside it. Frozen parameters get no gradient and
+are left out of the optimizer, and frozen BatchNorm layers stay in eval mode while the rest
+trains (their running statistics are the pretrained ones, as timm's and torchvision's
+fine-tuning keep them). ``backbone_lr_factor`` gives the parameters inside ``net.stages``
+their own parameter group, at the optimizer's learning rate times the factor (a
+`OneCycleLR` schedule is scaled the same way: its ``max_lr`` applies to the head; a
+`CyclicLR`, which sets every group's rate from its own arguments, would ignore the factor).
+
 Inception networks with auxiliary heads return ``InceptionOutput(logits, aux_logits)`` in
 training mode: the classification loss is then the main loss plus `aux_weight` times each
 auxiliary loss. GoogLeNet's paper weighs its two auxiliary losses by 0.3 (the default);
@@ -32,9 +44,13 @@ and prediction, ``overlap_tile=True`` predicts whole images with `zoo.segment`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
+import math
 import os
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -78,6 +94,24 @@ def _unset_argument(factory: Any, names: tuple[str, ...]) -> str | None:
     return None
 
 
+_SKIP_WEIGHTS = contextvars.ContextVar("zoo_skip_weights", default=False)
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Within this block tasks build their networks without loading `weights`.
+
+    For a task about to be loaded from a checkpoint, which holds every weight: validating,
+    testing or predicting a fine-tuned run then needs neither the network nor the download
+    cache that its pretrained weights came from. The hyperparameters still record them.
+    """
+    token = _SKIP_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_WEIGHTS.reset(token)
+
+
 def _non_finite_message(loss: Tensor, trainer: L.Trainer | None) -> str:
     value = loss.detach().float().cpu()
     where = "a training step"
@@ -101,6 +135,33 @@ def _non_finite_message(loss: Tensor, trainer: L.Trainer | None) -> str:
     )
 
 
+def _scale_one_cycle(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Apply the groups' ``lr_factor`` to a schedule that set every group from one ``max_lr`` (OneCycleLR)."""
+    for i, group in enumerate(optimizer.param_groups):
+        factor = group.get("lr_factor", 1.0)
+        if factor == 1.0 or "max_lr" not in group:  # other schedules start from the group's (scaled) lr
+            continue
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= factor
+        if hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs[i] *= factor
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _check_fine_tuning(freeze: Any, factor: Any) -> None:
+    """A one-line error for a `freeze_backbone` or `backbone_lr_factor` of the wrong kind."""
+    if not isinstance(freeze, int):  # bool is an int
+        raise ConfigurationError(f"freeze_backbone must be true, false or a number of stages to freeze, got {freeze!r}")
+    number = isinstance(factor, int | float) and not isinstance(factor, bool)
+    if not (number and math.isfinite(factor) and factor > 0):
+        raise ConfigurationError(
+            f"backbone_lr_factor must be a number > 0, got {factor!r}"
+            + ("; to keep the backbone fixed use freeze_backbone: true" if factor == 0 else "")
+        )
+
+
 class _Task(L.LightningModule):
     """What both tasks share: building the network, the optimizer, channels_last."""
 
@@ -118,10 +179,16 @@ class _Task(L.LightningModule):
         channels_last: bool,
         compile: bool = False,
         tta: bool = False,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         model_args = dict(model_args or {})
+        if "weights" in model_args:
+            raise InvalidArgumentError(
+                "model_args.weights: give the weights as the task's own argument (model.init_args.weights), "
+                "not among the model's arguments"
+            )
         for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
             if key in model_args and model_args[key] != value:
                 raise InvalidArgumentError(
@@ -129,7 +196,9 @@ class _Task(L.LightningModule):
                     f"leave it out: the task takes it from the data module"
                 )
             model_args[key] = value
-        self.net: nn.Module = zoo.create(model, **model_args)
+        if _SKIP_WEIGHTS.get():
+            weights = None
+        self.net: nn.Module = zoo.create(model, weights=weights, **model_args)
         self.num_classes = num_classes
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -160,8 +229,14 @@ class _Task(L.LightningModule):
         if not finite:
             raise NonFiniteLossError(_non_finite_message(loss, trainer))
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """What the optimizer is given: the trainable parameters, in groups (see `ClassificationTask`)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
+        optimizer = self.optimizer(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_factor", 1.0)
         if self.lr_scheduler is None:
             return optimizer
         per_step = _unset_argument(self.lr_scheduler, ("total_steps", "T_max"))
@@ -169,6 +244,7 @@ class _Task(L.LightningModule):
             scheduler = self.lr_scheduler(optimizer, **{per_step: int(self.trainer.estimated_stepping_batches)})
         else:
             scheduler = self.lr_scheduler(optimizer)
+        _scale_one_cycle(optimizer, scheduler)
         config = {"scheduler": scheduler, "interval": "step" if per_step else "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
@@ -200,6 +276,13 @@ class ClassificationTask(_Task):
         tta: test-time augmentation for test and predict: the logits are the mean of the
             image's and its mirror image's (validation stays plain, so checkpoints are chosen
             on single-view accuracy). Use it when training mirrors images (``hflip``).
+        weights: pretrained weights to start from, as `zoo.create` takes them: a file,
+            ``"torchvision"``, ``"torchvision:TAG"``, ``"timm"``, ``"timm:TAG"``; None starts
+            from a random initialisation.
+        freeze_backbone: ``true`` trains only the classifier (everything outside
+            ``net.stages``); an int n freezes the first n stages; ``false`` (or 0) trains all.
+        backbone_lr_factor: the parameters inside ``net.stages`` train at the optimizer's
+            learning rate times this factor (0.1: ten times slower than the head).
     """
 
     monitor = ("val/acc", "max")
@@ -218,10 +301,21 @@ class ClassificationTask(_Task):
         channels_last: bool = False,
         compile: bool = False,
         tta: bool = False,
+        weights: str | None = None,
+        freeze_backbone: bool | int = False,
+        backbone_lr_factor: float = 1.0,
     ) -> None:
+        _check_fine_tuning(freeze_backbone, backbone_lr_factor)  # before the network is built (or downloaded)
         super().__init__(
-            model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last, compile, tta
+            model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last, compile, tta, weights
         )
+        self.frozen_stages = self._frozen_stages(freeze_backbone, backbone_lr_factor)
+        self.backbone_lr_factor = float(backbone_lr_factor)
+        self._frozen_norms: list[nn.Module] = []
+        if self.frozen_stages:
+            for stage in self.net.stages[: self.frozen_stages]:
+                stage.requires_grad_(False)
+                self._frozen_norms += [m for m in stage.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.label_smoothing = label_smoothing
         self.aux_weight = aux_weight
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -235,6 +329,57 @@ class ClassificationTask(_Task):
         self.val_metrics = MetricCollection(metrics, prefix="val/", compute_groups=False)
         self.test_metrics = self.val_metrics.clone(prefix="test/")
         self.confusion = MulticlassConfusionMatrix(num_classes)
+
+    def _frozen_stages(self, freeze: bool | int, factor: float) -> int:
+        """The number of stages `freeze` freezes, or a one-line error if the network cannot do it."""
+        model = self.hparams["model"]
+        if not freeze and factor == 1:
+            return 0
+        stages = getattr(self.net, "stages", None)
+        if not isinstance(stages, nn.ModuleList):
+            what = "freeze_backbone" if freeze else "backbone_lr_factor"
+            raise ConfigurationError(f"{what} needs a network whose backbone is net.stages; {model} has no stages")
+        n = len(stages) if freeze is True else int(freeze)
+        if not 0 <= n <= len(stages):
+            raise ConfigurationError(
+                f"freeze_backbone={freeze} but {model} has {len(stages)} stages: give 0 to {len(stages)}, "
+                f"or true for the whole backbone"
+            )
+        if n == len(stages) and factor != 1:
+            raise ConfigurationError(
+                f"backbone_lr_factor={factor} has nothing to act on: freeze_backbone={freeze} freezes every stage "
+                f"of {model}; leave one of the two out"
+            )
+        return n
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters; with a `backbone_lr_factor`, the backbone's in a group of their own.
+
+        The backbone group is named "backbone" and carries ``lr_factor`` (the optimizer's
+        learning rate is multiplied by it in `configure_optimizers`); the rest is "head".
+        """
+        if self.backbone_lr_factor == 1:
+            return super().parameter_groups()
+        backbone = {id(p) for p in self.net.stages.parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"name": "backbone", "params": [p for p in trainable if id(p) in backbone]},
+            {"name": "head", "params": [p for p in trainable if id(p) not in backbone]},
+        ]
+        groups[0]["lr_factor"] = self.backbone_lr_factor
+        return [g for g in groups if g["params"]]
+
+    def train(self, mode: bool = True) -> ClassificationTask:
+        """Switch modes as usual, except that the BatchNorm layers of frozen stages stay in eval mode."""
+        super().train(mode)
+        for norm in self._frozen_norms:
+            norm.eval()
+        return self
+
+    def on_train_start(self) -> None:
+        # Lightning starts training with every module in train mode (and warns otherwise)
+        for norm in self._frozen_norms:
+            norm.eval()
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
@@ -286,10 +431,18 @@ class ClassificationTask(_Task):
                 save_confusion_matrix(matrix, self._classes(), folder)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """The predicted class, its probability and the target (for unlabelled images: the file's index),
+        and the top 5 classes with their probabilities (``top_classes``, ``top_probs``; B x min(5, classes))."""
         x, y = batch
         probs = self.logits(x, tta=self.tta).float().softmax(-1)
-        confidence, pred = probs.max(-1)
-        return {"pred": pred, "confidence": confidence, "target": y}
+        top_probs, top_classes = probs.topk(min(5, probs.shape[-1]), -1)
+        return {
+            "pred": top_classes[:, 0],
+            "confidence": top_probs[:, 0],
+            "target": y,
+            "top_classes": top_classes,
+            "top_probs": top_probs,
+        }
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:

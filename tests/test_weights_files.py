@@ -1,0 +1,162 @@
+"""Every weights file a user has loads through `zoo.create(name, weights=FILE)`, for the whole registry.
+
+Driven by the model cards' structured references (`ModelCard.torchvision`, `ModelCard.timm`),
+never by a hand-kept list: each reference is built (random weights, batch-norm statistics and
+affine parameters perturbed), saved as ``.pth`` and as ``.safetensors``, loaded by name, and
+the outputs compared in eval and train mode. zoo's own layout and `zoo fit` checkpoints are
+checked for every registered model.
+
+The references are built on the meta device and filled with random numbers, and zoo's random
+initialisation is skipped (`skip_random_init`: every tensor is then loaded from the file), which
+keeps the whole registry within seconds per model. The largest models (over 150M parameters: VGG,
+ConvNeXt-L/XL) are checked by one eval forward at their minimum size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import zoo
+from zoo.models.inception import InceptionOutput
+
+REFERENCES = [
+    (name, source)
+    for name in zoo.list_models()
+    for source in ("torchvision", "timm")
+    if getattr(zoo.model_info(name), source)
+]
+LARGE = 150_000_000
+
+
+def build_reference(name: str, source: str) -> nn.Module:
+    """The reference library's model for zoo's `name`, on the CPU, every tensor random."""
+    card = zoo.model_info(name)
+    with torch.device("meta"):
+        if source == "torchvision":
+            import torchvision
+
+            kwargs = {"init_weights": False} if card.torchvision in ("googlenet", "inception_v3") else {}
+            ref = torchvision.models.get_model(card.torchvision, weights=None, **kwargs)
+        else:
+            import timm
+
+            ref = timm.create_model(card.timm, pretrained=False)
+    ref = ref.to_empty(device="cpu")
+    for module in ref.modules():  # torchvision's ConvNeXts train with stochastic depth, zoo's by default not
+        if type(module).__name__ == "StochasticDepth":
+            module.p = 0.0
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key, tensor in ref.state_dict().items():
+            if key.endswith("num_batches_tracked"):
+                tensor.zero_()
+            elif key.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5, generator=generator)
+            elif tensor.dim() >= 2:  # conv / linear weights, scaled to keep activations of order one
+                fan_in = tensor[0].numel()
+                tensor.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+            elif key.endswith(("weight", "gamma")):  # norm scales, layer scales
+                tensor.uniform_(0.5, 1.5, generator=generator)
+            else:  # biases, running means
+                tensor.normal_(0.0, 0.1, generator=generator)
+    return ref
+
+
+def _logits(output: object) -> torch.Tensor:
+    """The main logits of a model's output (Inception networks return named tuples in training mode)."""
+    if isinstance(output, InceptionOutput):
+        return output.logits
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """The largest difference, relative to the size of the reference's output."""
+    ours, theirs = ours.detach(), theirs.detach()
+    return ((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1.0)).item()
+
+
+@pytest.fixture(autouse=True)
+def skip_random_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zoo's constructors skip their random initialisation (seconds for VGG and ConvNeXt-L): the file overwrites it."""
+    for name in ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_"):
+        monkeypatch.setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory):
+    """Build and save one reference at a time (the previous one's files are deleted)."""
+    folder = tmp_path_factory.mktemp("references")
+
+    def save(name: str, source: str) -> tuple[nn.Module, dict, dict]:
+        for old in folder.iterdir():
+            old.unlink()
+        ref = build_reference(name, source)
+        state = {k: v.contiguous().clone() for k, v in ref.state_dict().items()}
+        torch.save(state, folder / "weights.pth")
+        save_file(state, str(folder / "weights.safetensors"))
+        return ref, state, {"pth": folder / "weights.pth", "safetensors": folder / "weights.safetensors"}
+
+    return save
+
+
+@pytest.mark.parametrize(("name", "source"), REFERENCES, ids=[f"{n}-{s}" for n, s in REFERENCES])
+def test_reference_files_load_by_name_with_the_same_outputs(name, source, saved):
+    card = zoo.model_info(name)
+    ref, state, files = saved(name, source)
+    # torchvision's Inception aux heads need their full-size maps in training mode
+    h, w = card.input_size[1:] if card.family == "inception" else (max(s, 32) for s in card.min_input_size)
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+    assert sum(p.numel() for p in ref.parameters()) == card.num_params
+    for fmt, path in files.items():
+        ref.load_state_dict(state)  # a training-mode forward has moved the batch-norm statistics
+        ours = zoo.create(name, weights=path)
+        if card.num_params > LARGE:  # the state dict and one eval forward at the minimum size
+            ref.eval(), ours.eval()
+            x_min = x[:1, :, : card.min_input_size[0], : card.min_input_size[1]]
+            assert _close(ours(x_min), ref(x_min)) <= 1e-4, f"{name} from {source} .{fmt}"
+            continue
+        for train in (False, True):
+            ours.train(train), ref.train(train)
+            # (no torch.no_grad: on the CPU its first call per model costs seconds of kernel set-up)
+            torch.manual_seed(2)  # the same dropout masks on both sides
+            theirs = _logits(ref(x))
+            torch.manual_seed(2)
+            mine = _logits(ours(x))
+            assert _close(mine, theirs) <= 1e-4, f"{name} from {source} .{fmt}, train={train}"
+        del ours
+
+
+def test_every_reference_of_the_registry_is_covered():
+    """Every model card that names a reference has a parity case above (n/n), and the list is not empty."""
+    named = {n for n in zoo.list_models() if zoo.model_info(n).torchvision or zoo.model_info(n).timm}
+    assert named == {n for n, _ in REFERENCES}
+    assert len(named) >= 20, sorted(named)
+
+
+def _perturbed(name: str) -> tuple[nn.Module, dict]:
+    torch.manual_seed(0)
+    model = zoo.create(name)
+    with torch.no_grad():  # every value set (the random initialisation is skipped here)
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.uniform_(-1.0, 1.0)
+    return model, model.state_dict()
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_zoo_layout_and_fit_checkpoint_load_by_name(name, tmp_path):
+    """zoo's own files (a state dict, safetensors, a `zoo fit` checkpoint) load into every registered model."""
+    if zoo.model_info(name).num_params > LARGE:
+        pytest.skip("the largest models' own layout is the identity map, checked on the others; saves minutes")
+    _, state = _perturbed(name)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {f"net.{k}": v for k, v in state.items()}, "epoch": 1}, tmp_path / "best.ckpt")
+    for path in (tmp_path / "w.safetensors", tmp_path / "best.ckpt"):
+        loaded = zoo.create(name, weights=path).state_dict()
+        assert loaded.keys() == state.keys()
+        assert all(torch.equal(loaded[k], state[k]) for k in state), f"{name} from {path.name}"
