@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import pytest
@@ -81,25 +80,6 @@ def test_missing_weights_file_says_where(tmp_path):
         zoo.create("alexnet", weights=tmp_path / "nowhere.pt")
 
 
-def test_torchvision_weights_are_looked_up_in_the_hub_cache_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(WeightsError, match=r"no torchvision weights for vgg11 on disk: looked for .*vgg11-.*\.pth"):
-            zoo.create("vgg11", weights="torchvision")
-        # put a file where torchvision keeps it: it is found and loaded
-        url = torchvision.models.get_model_weights("vgg11").DEFAULT.url
-        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-        tv = torchvision.models.vgg11()
-        torch.save(tv.state_dict(), tmp_path / "hub" / "checkpoints" / os.path.basename(url))
-        ours = zoo.create("vgg11", weights="torchvision")
-        assert torch.equal(ours.fc.weight, tv.classifier[6].weight)
-    finally:
-        torch.hub.set_dir(os.path.join(torch.hub._get_torch_home(), "hub"))
-    with pytest.raises(WeightsError, match="lenet5 has no torchvision weights"):
-        zoo.create("lenet5", weights="torchvision")
-
-
 class _Exploit:
     def __init__(self, path):
         self.path = path
@@ -130,12 +110,18 @@ def test_truncated_and_non_state_dict_files(tmp_path):
         load_file(tmp_path / "notensors.pt")
 
 
-def test_checkpoint_of_another_architecture_or_class_count(tmp_path):
-    torch.save(zoo.create("lenet5").state_dict(), tmp_path / "lenet.pt")
-    with pytest.raises(WeightsError, match="do not fit lenet5_1998"):
+def test_checkpoint_of_another_architecture_or_class_count(tmp_path, caplog):
+    source = zoo.create("lenet5")
+    torch.save(source.state_dict(), tmp_path / "lenet.pt")
+    with pytest.raises(WeightsError, match="do not fit lenet5_1998: the closest layout, zoo's, differs by"):
         zoo.create("lenet5_1998", weights=tmp_path / "lenet.pt")
-    with pytest.raises(WeightsError, match=r"shape mismatch.*fc.weight \(10, 84\) -> fc.weight \(3, 84\)"):
-        zoo.create("lenet5", num_classes=3, weights=tmp_path / "lenet.pt")
+    # another class count: the backbone loads, the classifier starts fresh, one log line says so
+    with caplog.at_level("WARNING", logger="zoo"):
+        loaded = zoo.create("lenet5", num_classes=3, weights=tmp_path / "lenet.pt")
+    assert "the classifier (fc) starts fresh for 3 classes (the weights have 10)" in caplog.text
+    assert loaded.fc.weight.shape == (3, 84)
+    mine, theirs = loaded.state_dict(), source.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs if not k.startswith("fc."))
 
 
 def test_export_a_training_checkpoint_as_safetensors(tmp_path):
@@ -150,3 +136,102 @@ def test_export_a_training_checkpoint_as_safetensors(tmp_path):
     loaded = zoo.create("resnet20", weights=tmp_path / "resnet20.safetensors")
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+# --------------------------------------------------------------------------- fine-tuning: head and stem
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18().eval()
+    path = tmp_path_factory.mktemp("r18") / "resnet18.pth"
+    torch.save(tv.state_dict(), path)
+    return tv, path
+
+
+def test_torchvision_resnet_file_loads_by_name(resnet18_file):
+    """The README's example: torchvision's file for resnet18 loads with create(weights=FILE)."""
+    tv, path = resnet18_file
+    ours = zoo.create("resnet18", weights=path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - tv(x)).abs().max() <= 1e-5
+    assert ours.pretrained_cfg is None  # a plain file says nothing about its preprocessing
+
+
+def test_another_num_classes_keeps_the_backbone_and_starts_a_fresh_head(resnet18_file, caplog):
+    tv, path = resnet18_file
+    with caplog.at_level("WARNING", logger="zoo"):
+        ours = zoo.create("resnet18", weights=path, num_classes=2).eval()
+    assert caplog.text.count("starts fresh for 2 classes (the weights have 1000)") == 1
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = torch.flatten(
+            tv.avgpool(tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))), 1
+        )
+        assert (ours.forward_head(ours.forward_features(x), pre_logits=True) - features).abs().max() <= 1e-5
+    assert ours(x).shape == (2, 2)
+    pooled = zoo.create("resnet18", weights=path, num_classes=0).eval()  # features only: the head is left out
+    with torch.no_grad():
+        assert (pooled(x) - features).abs().max() <= 1e-5
+
+
+def test_one_input_channel_sums_the_rgb_filters(resnet18_file, caplog):
+    """A grey image x through the adapted network gives what the RGB network gives for (x, x, x)."""
+    tv, path = resnet18_file
+    with caplog.at_level("WARNING", logger="zoo"):
+        grey = zoo.create("resnet18", weights=path, in_channels=1).eval()
+    assert "the first conv (stages.0.stem.conv) summed from 3 input channels" in caplog.text
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert (grey(x) - tv(x.expand(-1, 3, -1, -1))).abs().max() <= 1e-4
+    four = zoo.create("resnet18", weights=path, in_channels=4)
+    w = tv.conv1.weight
+    assert torch.allclose(four.stages[0].stem.conv.weight, torch.cat([w, w[:, :1]], 1) * 3 / 4)
+
+
+def test_u_net_on_an_encoder_takes_the_classifiers_file(resnet18_file, caplog):
+    tv, path = resnet18_file
+    with caplog.at_level("WARNING", logger="zoo"):
+        unet = zoo.create("unet_resnet18", weights=path)
+    assert "into its encoder; the decoder starts fresh" in caplog.text
+    assert torch.equal(unet.encoder.stages[0].stem.conv.weight, tv.conv1.weight)
+
+
+def test_a_file_one_key_short_names_that_key(resnet18_file, tmp_path):
+    tv, _ = resnet18_file
+    state = tv.state_dict()
+    del state["layer1.0.conv1.weight"]
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(WeightsError, match=r"closest layout, torchvision's, differs by 1 missing key\(s\): "
+                       r"stages.1.0.conv1.conv.weight \(<- layer1.0.conv1.weight\)\. "):  # fmt: skip
+        zoo.create("resnet18", weights=tmp_path / "short.pth")
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (123, r"weights must be a file path, a URL or a source name .*got 123"),
+        ("torchvision:NOPE", r"torchvision has no weights 'NOPE' for resnet18; it has IMAGENET1K_V1"),
+        ("timm:nope", r"timm has no weights 'nope' for resnet18; it has a1_in1k, "),
+        ("zoo", r"no zoo weights for resnet18: none are published yet"),
+    ],
+)
+def test_weights_argument_errors(weights, message):
+    with pytest.raises(WeightsError, match=message):
+        zoo.create("resnet18", weights=weights)
+
+
+def test_a_folder_is_not_a_weights_file(tmp_path):
+    with pytest.raises(WeightsError, match="is a folder; pass the weights file inside it"):
+        zoo.create("lenet5", weights=tmp_path)
+
+
+def test_a_model_without_the_source(tmp_path):
+    with pytest.raises(
+        WeightsError, match="lenet5 has no torchvision counterpart, so there are no torchvision weights"
+    ):
+        zoo.create("lenet5", weights="torchvision")
+    with pytest.raises(WeightsError, match="convnext_xlarge has no torchvision counterpart.*it has timm weights"):
+        zoo.create("convnext_xlarge", weights="torchvision")

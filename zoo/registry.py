@@ -245,7 +245,7 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
     """
     entry = _lookup(name)
     if weights is not None:  # a source name may set the flags its weights were trained with
-        from zoo.weights import parse_weights
+        from zoo.weights import fetch, load_state_dict, parse_weights
 
         source, _ = parse_weights(weights)
         for key, value in getattr(entry.cls, "pretrained_defaults", {}).get(source, {}).items():
@@ -274,12 +274,16 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
                 f"{name}: {key} must be a layer class or functools.partial (e.g. torch.nn.ReLU), got {value!r}; "
                 "in a YAML recipe give the class by its import path"
             )
+    fetched = None
+    if weights is not None:  # read (or download) before building: a big model takes seconds to build
+        encoder = overrides.get("encoder") or getattr(entry.card.config, "encoder", None)
+        cards = [entry.card] + ([_REGISTRY[encoder].card] if isinstance(encoder, str) and encoder in _REGISTRY else [])
+        fetched = fetch(cards, weights)
     model = entry.cls(entry.card.config, **overrides)
     model.card = entry.card
-    if weights is not None:
-        from zoo.weights import load_weights
-
-        load_weights(model, weights)
+    if fetched is not None:
+        state_dict, label, model.pretrained_cfg = fetched
+        load_state_dict(model, state_dict, label)
     return model
 
 

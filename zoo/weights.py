@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,14 +368,19 @@ def _mirrored(url: str) -> str:
     return url
 
 
-def _reference(model: nn.Module, source: str) -> str:
-    """The name of the model's counterpart in `source` (a U-Net on a zoo encoder: its encoder's)."""
-    for candidate in (model, getattr(model, "encoder", None)):
-        card = getattr(candidate, "card", None)
-        if card is not None and getattr(card, source, None):
+def cards_of(model: nn.Module) -> list[Any]:
+    """The model cards whose weights fit `model`: its own, then its encoder's (a U-Net on a zoo encoder)."""
+    found = [getattr(model, "card", None), getattr(getattr(model, "encoder", None), "card", None)]
+    return [card for card in found if card is not None]
+
+
+def _reference(cards: Sequence[Any], source: str) -> str:
+    """The name of the counterpart in `source` (a U-Net on a zoo encoder: its encoder's)."""
+    for card in cards:
+        if getattr(card, source, None):
             return getattr(card, source)
-    name = getattr(model, "model_name", type(model).__name__)
-    has = [s for s in SOURCES if getattr(getattr(model, "card", None), s, None)]
+    name = cards[0].name if cards else "this model"
+    has = [s for s in SOURCES if cards and getattr(cards[0], s, None)]
     hint = f"it has {' and '.join(has)} weights" if has else "pass weights=PATH to a file of your own"
     raise WeightsError(f"{name} has no {source} counterpart, so there are no {source} weights for it; {hint}")
 
@@ -386,8 +391,8 @@ def _torchvision_enum(reference: str) -> Any:
     return torchvision.models.get_model_weights(reference)
 
 
-def _torchvision(model: nn.Module, tag: str | None) -> tuple[Path, dict[str, Any]]:
-    reference = _reference(model, "torchvision")
+def _torchvision(cards: Sequence[Any], tag: str | None) -> tuple[Path, dict[str, Any]]:
+    reference = _reference(cards, "torchvision")
     enum = _torchvision_enum(reference)
     try:
         entry = enum.DEFAULT if tag is None else enum[tag.split(".")[-1]]
@@ -434,10 +439,10 @@ def _timm_cfg(cfg: Any) -> dict[str, Any]:
     }
 
 
-def _timm(model: nn.Module, tag: str | None) -> tuple[Path, dict[str, Any]]:
+def _timm(cards: Sequence[Any], tag: str | None) -> tuple[Path, dict[str, Any]]:
     import timm
 
-    reference = _reference(model, "timm")
+    reference = _reference(cards, "timm")
     try:
         cfg = timm.models.get_pretrained_cfg(reference if tag is None else f"{reference}.{tag}")
     except RuntimeError:
@@ -477,10 +482,9 @@ def _hf_download(repo: str, what: str) -> Path:
     )
 
 
-def _zoo(model: nn.Module, tag: str | None) -> tuple[Path, dict[str, Any]]:
-    card = getattr(model, "card", None)
-    published = card.weights if card is not None else ()
-    name = getattr(model, "model_name", type(model).__name__)
+def _zoo(cards: Sequence[Any], tag: str | None) -> tuple[Path, dict[str, Any]]:
+    published = cards[0].weights if cards else ()
+    name = cards[0].name if cards else "this model"
     entry = published[0] if published and tag is None else next((w for w in published if w.tag == tag), None)
     if entry is None:
         have = f"it has {', '.join(w.tag for w in published)}" if published else "none are published yet"
@@ -517,8 +521,8 @@ def parse_weights(weights: object) -> tuple[str, str | None]:
     return "file", weights
 
 
-def fetch(model: nn.Module, weights: str | Path) -> tuple[dict[str, Tensor], str, dict[str, Any] | None]:
-    """The state dict that `weights` names for `model`, a label for messages, and what is known of it.
+def fetch(cards: Sequence[Any], weights: str | Path) -> tuple[dict[str, Tensor], str, dict[str, Any] | None]:
+    """The state dict that `weights` names for a model (its `cards_of`), a label for messages, and what is known of it.
 
     The third item becomes the model's ``pretrained_cfg`` (see `load_weights`): None for a plain file.
     """
@@ -529,7 +533,7 @@ def fetch(model: nn.Module, weights: str | Path) -> tuple[dict[str, Tensor], str
     if source == "url":
         path = _download(tag, f"the weights at {tag}")
         return load_file(path), f"the {tag!r}", {"source": "url", "url": tag, "file": str(path)}
-    path, cfg = SOURCE_LOADERS[source](model, tag)
+    path, cfg = SOURCE_LOADERS[source](cards, tag)
     return load_file(path), f"{source}'s {cfg['tag']}", cfg
 
 
@@ -560,7 +564,7 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
     ``model.pretrained_cfg`` then says what the weights need: mean, std, crop and resize sizes,
     interpolation, the class names and published accuracy when the library has them.
     """
-    state_dict, label, cfg = fetch(model, weights)
+    state_dict, label, cfg = fetch(cards_of(model), weights)
     load_state_dict(model, state_dict, label)
     model.pretrained_cfg = cfg
     return model
