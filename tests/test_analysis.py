@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import subprocess
 import sys
 import time
@@ -27,8 +26,7 @@ torchvision = pytest.importorskip("torchvision")
 
 def torchvision_name(card: zoo.ModelCard) -> str | None:
     """The torchvision builder a model card names as its reference, if any."""
-    m = re.match(r"torchvision\.models\.(\w+)", card.reference)
-    return m.group(1) if m else None
+    return card.torchvision
 
 
 SHARED = [n for n in zoo.list_models() if torchvision_name(zoo.model_info(n))]

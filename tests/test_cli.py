@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import zoo
 from zoo.cli import main
 
 
@@ -54,3 +55,17 @@ def test_console_script_end_to_end():
     assert r.returncode == 2
     assert r.stderr.strip() == "zoo: error: unknown model 'vgg166'; did you mean vgg16, vgg19, vgg13?"
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_info_lists_the_pretrained_weights_of_every_model(name, capsys):
+    """`zoo info` shows each model's weights with their preprocessing (torchvision's with accuracy)."""
+    assert main(["info", name]) == 0
+    out = capsys.readouterr().out
+    card = zoo.model_info(name)
+    if card.torchvision:
+        assert "torchvision:IMAGENET1K_V1" in out and "% (ImageNet-1K)" in out and f"crop {card.input_size[-1]}" in out
+    if card.timm:
+        assert "timm:" in out
+    if not (card.torchvision or card.timm):
+        assert "weights:        none pretrained" in out

@@ -6,6 +6,8 @@ message must be a single line; the ids must be exactly the ones docs/errors.md l
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import subprocess
 import sys
@@ -42,6 +44,25 @@ def _saved(tmp: Path, name: str, model_name: str, **kw) -> Path:
 
 
 # --------------------------------------------------------------------------- the Python API
+def _short_resnet18() -> bytes:
+    """torchvision's resnet18 state dict, one tensor short, as file bytes."""
+    state = torchvision.models.resnet18().state_dict()
+    del state["layer1.0.conv1.weight"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _offline(action):
+    """Run `action` with downloads turned off."""
+    old = os.environ.get("ZOO_OFFLINE")
+    os.environ["ZOO_OFFLINE"] = "1"
+    try:
+        return action()
+    finally:
+        os.environ.pop("ZOO_OFFLINE") if old is None else os.environ.__setitem__("ZOO_OFFLINE", old)
+
+
 API_CASES = [
     ("unknown-model", "an unknown model name", lambda t: zoo.create("vgg166"), r"unknown model 'vgg166'; did you mean vgg16"),
     ("mistyped-keyword", "a mistyped keyword", lambda t: zoo.create("resnet18", num_class=10), r"did you mean 'num_classes'"),
@@ -86,17 +107,23 @@ API_CASES = [
      r"weights file '.*nope.pt' does not exist"),
     ("other-architecture", "a checkpoint of another architecture",
      lambda t: zoo.create("resnet18", weights=_saved(t, "vgg.pt", "vgg11_bn", num_classes=2)), r"do not fit resnet18"),
-    ("other-classes", "a checkpoint with a different number of classes",
-     lambda t: zoo.create("lenet5", num_classes=5, weights=_saved(t, "ten.pt", "lenet5")),
-     r"shape mismatch.*fc.weight \(10, 84\) -> fc.weight \(5, 84\)"),
+    ("one-key-short", "torchvision's file with one tensor missing",
+     lambda t: zoo.create("resnet18", weights=_file(t, "short.pth", _short_resnet18())),
+     r"closest layout, torchvision's, differs by 1 missing key\(s\): stages.1.0.conv1.conv.weight \(<- layer1.0.conv1.weight\)"),
+    ("weights-not-a-path", "weights=123", lambda t: zoo.create("resnet18", weights=123),
+     r"weights must be a file path, a URL or a source name"),
+    ("weights-folder", "weights= a folder", lambda t: zoo.create("resnet18", weights=t), r"is a folder; pass the weights file inside it"),
+    ("unknown-weights-tag", "a torchvision weights name the model does not have",
+     lambda t: zoo.create("resnet50", weights="torchvision:IMAGENET1K_V3"), r"torchvision has no weights 'IMAGENET1K_V3' for resnet50; it has IMAGENET1K_V1, IMAGENET1K_V2"),
     ("mismatched-keys", "torchvision weights of another variant",
      lambda t: import_weights(zoo.create("resnet34"), torchvision.models.resnet18()), r"do not fit resnet34: .*missing key"),
     ("code-in-checkpoint", "a checkpoint whose unpickling would run code",
      lambda t: load_file(_file(t, "evil.pt", b"\x80\x04cos\nsystem\n(Vtouch /tmp/zoo-pwned\ntR.")), r"cannot read weights"),
     ("no-counterpart", "torchvision weights for a model torchvision does not have",
-     lambda t: zoo.create("resnet20", weights="torchvision"), r"resnet20 has no torchvision weights"),
-    ("no-cached-weights", "torchvision weights that are not on disk",
-     lambda t: zoo.create("alexnet", weights="torchvision"), r"no torchvision weights for alexnet on disk: looked for .*never downloads"),
+     lambda t: zoo.create("resnet20", weights="torchvision"), r"resnet20 has no torchvision counterpart, so there are no torchvision weights"),
+    ("offline-weights", "torchvision weights offline (ZOO_OFFLINE=1) and not in the cache",
+     lambda t: _offline(lambda: zoo.create("alexnet", weights="torchvision")),
+     r"torchvision's alexnet weights \(IMAGENET1K_V1\) are not in the cache and downloads are off .*: fetch https://download.pytorch.org/models/alexnet-owt-7be5be79.pth into .*alexnet-owt-7be5be79.pth"),
     ("unknown-task", "an unknown task filter", lambda t: zoo.list_models(task="detection"), r"unknown task 'detection'"),
     ("unwritable-weights", "saving weights into a folder that does not exist",
      lambda t: save_file(zoo.create("lenet5"), t / "missing" / "w.safetensors"), r"cannot write .*: the folder .* does not exist"),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from torch import Tensor, nn
 
 from zoo.errors import InvalidArgumentError
 from zoo.layers import check_int
-from zoo.registry import create, model_info
+from zoo.registry import ModelCard, create, model_info
 
 MODES = ("train", "infer", "create")
 
@@ -111,16 +110,20 @@ def _describe(s: Settings) -> str:
     return ", ".join(parts)
 
 
+def _counterpart(card: ModelCard, against: str) -> str:
+    """The name of the model card's counterpart in `against` (its structured reference field)."""
+    ref_name = getattr(card, against, None)
+    if ref_name is None:
+        has = [s for s in ("torchvision", "timm") if getattr(card, s)]
+        hint = f"choose --against {' or '.join(has)}" if has else "it has no reference library model to time against"
+        raise InvalidArgumentError(f"{card.name} has no {against} counterpart; {hint}")
+    return ref_name
+
+
 def reference_model(name: str, against: str, **kwargs) -> tuple[nn.Module, str]:
     """The reference library's model that corresponds to zoo's `name`, and its label."""
     card = model_info(name)
-    match = re.match(rf"{against}\.models\.(\w+)", card.reference)
-    if match is None:
-        raise InvalidArgumentError(
-            f"{name} has no {against} counterpart (its reference is {card.reference!r}); "
-            "choose --against torchvision or timm accordingly"
-        )
-    ref_name = match.group(1)
+    ref_name = _counterpart(card, against)
     if against == "torchvision":
         import torchvision
 
@@ -229,14 +232,12 @@ def bench_models(
 def bench_creation(name: str, *, against: str = "torchvision", repeat: int = 5) -> BenchResult:
     """Whole-process `import + create` of ours against the reference library's, alternating."""
     card = model_info(name)
-    match = re.match(rf"{against}\.models\.(\w+)", card.reference)
-    if match is None:
-        raise InvalidArgumentError(f"{name} has no {against} counterpart (its reference is {card.reference!r})")
+    ref_name = _counterpart(card, against)
     ours_code = f"import zoo; zoo.create({name!r})"
     if against == "torchvision":
-        theirs_code = f"import torchvision; torchvision.models.{match.group(1)}()"
+        theirs_code = f"import torchvision; torchvision.models.{ref_name}()"
     else:
-        theirs_code = f"import timm; timm.create_model({match.group(1)!r})"
+        theirs_code = f"import timm; timm.create_model({ref_name!r})"
     result = BenchResult(name, against, "create", 1, card.input_size, Settings(), Settings())
     for i in range(repeat + 1):
         order = ((ours_code, result.ours_times), (theirs_code, result.theirs_times))

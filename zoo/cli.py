@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -71,7 +72,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             else "top-1 not in its metadata"
         )
         size = f"resize {w['resize_size']} crop {w['crop_size']} {w['interpolation']}" if "crop_size" in w else ""
-        lines.append(f"    {w['weights']:<37} {w.get('num_classes', '?'):>6} classes  {top1:<30} {size}")
+        lines.append(f"    {w['weights']:<37} {w.get('num_classes') or '-'!s:>6} classes  {top1:<30} {size}")
     print("\n".join(lines))
     return 0
 

@@ -410,8 +410,8 @@ def _torchvision_cfg(entry: Any) -> dict[str, Any]:
     return {
         "source": "torchvision",
         "tag": entry.name,
-        "num_classes": len(entry.meta.get("categories", ())),
-        "categories": list(entry.meta.get("categories", ())),
+        "num_classes": len(entry.meta.get("categories") or ()) or None,  # VGG16's IMAGENET1K_FEATURES has none
+        "categories": list(entry.meta.get("categories") or ()),
         "mean": tuple(transform.mean),
         "std": tuple(transform.std),
         "crop_size": transform.crop_size[0],
