@@ -235,3 +235,33 @@ def test_a_model_without_the_source(tmp_path):
         zoo.create("lenet5", weights="torchvision")
     with pytest.raises(WeightsError, match="convnext_xlarge has no torchvision counterpart.*it has timm weights"):
         zoo.create("convnext_xlarge", weights="torchvision")
+
+
+def test_export_a_run_with_a_card_that_create_reads(tmp_path, monkeypatch):
+    """`zoo export RUN --name NAME`: NAME.safetensors and NAME.json (model, recipe, data, metrics, sha256)."""
+    import hashlib
+    import json
+
+    import yaml
+
+    from zoo.cli import main
+
+    run = tmp_path / "runs" / "lenet5_digits" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    net = zoo.create("lenet5")
+    hparams = {"model": "lenet5", "num_classes": 10, "in_channels": 1, "model_args": None}
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 29}, run / "checkpoints" / "best.ckpt")
+    config = {"trainer": {"logger": {"init_args": {"name": "lenet5_digits"}}}, "data": {"class_path": "Digits"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "metrics.json").write_text(json.dumps({"test/acc": 0.98, "model": "lenet5"}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(run), "--name", "lenet5-digits"]) == 0
+    card = json.loads((tmp_path / "lenet5-digits.json").read_text())
+    digest = hashlib.sha256((tmp_path / "lenet5-digits.safetensors").read_bytes()).hexdigest()
+    assert card["sha256"] == digest and card["model"] == "lenet5" and card["recipe"] == "lenet5_digits"
+    assert card["metrics"] == {"test/acc": 0.98} and card["epochs_trained"] == 29
+    loaded = zoo.create("lenet5", weights="lenet5-digits.safetensors")
+    assert torch.equal(loaded.fc.weight, net.fc.weight)
+    assert loaded.pretrained_cfg["recipe"] == "lenet5_digits" and loaded.pretrained_cfg["source"] == "file"
+    assert main(["export", str(tmp_path)]) == 2  # neither an output nor --name; and not a run folder

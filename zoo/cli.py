@@ -66,11 +66,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         )
     for w in weights:
         acc = w.get("accuracy") or {}
-        top1 = (
-            f"top-1 {acc['top1']:.2f}% ({acc['dataset']})"
-            if acc.get("top1") is not None
-            else "top-1 not in its metadata"
-        )
+        known = isinstance(acc.get("top1"), float) and not math.isnan(acc["top1"])  # VGG16's FEATURES: nan
+        top1 = f"top-1 {acc['top1']:.2f}% ({acc['dataset']})" if known else "top-1 not in its metadata"
         size = f"resize {w['resize_size']} crop {w['crop_size']} {w['interpolation']}" if "crop_size" in w else ""
         lines.append(f"    {w['weights']:<37} {w.get('num_classes') or '-'!s:>6} classes  {top1:<30} {size}")
     print("\n".join(lines))
@@ -106,10 +103,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from zoo.weights import load_file, save_file
+    from zoo.weights import export_weights
 
-    path = save_file(load_file(args.checkpoint), args.output)
-    print(f"wrote {path}; load it with zoo.create(NAME, weights={str(path)!r})")
+    path = export_weights(args.checkpoint, args.output, name=args.name)
+    card = path.with_suffix(".json")
+    also = f" and its card {card}" if path.suffix == ".safetensors" and card.is_file() else ""
+    print(f"wrote {path}{also}; load it with zoo.create(MODEL, weights={str(path)!r})")
     return 0
 
 
@@ -166,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("export", help="write a checkpoint's network weights as safetensors (or a plain state dict)")
-    p.add_argument("checkpoint", help="a `zoo fit` checkpoint (.ckpt) or a weights file")
-    p.add_argument("output", help="OUT.safetensors (or OUT.pt)")
+    p = sub.add_parser("export", help="write a run's network weights as safetensors, with a JSON card beside them")
+    p.add_argument("checkpoint", help="a `zoo fit` run folder, checkpoint (.ckpt) or weights file")
+    p.add_argument("output", nargs="?", help="OUT.safetensors (or OUT.pt); with --name, a folder (default: here)")
+    p.add_argument("--name", help="write NAME.safetensors and NAME.json (model, recipe, data, metrics, sha256)")
     p.set_defaults(func=_cmd_export)
     return parser
 

@@ -22,6 +22,7 @@ file never runs code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -595,6 +596,74 @@ def list_weights(name: str) -> list[dict[str, Any]]:
     for entry in card.weights:
         found.append({"source": "zoo", "tag": entry.tag, "weights": f"zoo:{entry.tag}", **entry.card})
     return found
+
+
+def _run_files(source: Path) -> tuple[Path, Path | None]:
+    """The checkpoint and the run folder of `source`: a run folder (its best checkpoint) or a file."""
+    if source.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (source / "checkpoints" / name).is_file():
+                return source / "checkpoints" / name, source
+        raise WeightsError(f"no checkpoints/best.ckpt or last.ckpt in {str(source)!r}; give a zoo fit run folder")
+    run = source.parent.parent if source.parent.name == "checkpoints" else None
+    return source, run if run is not None and (run / "config.yaml").is_file() else None
+
+
+def export_card(source: str | Path) -> dict[str, Any]:
+    """What a `zoo fit` run says about its network: model, recipe, data, test metrics, preprocessing."""
+    ckpt, run = _run_files(Path(source))
+    card: dict[str, Any] = {"checkpoint": str(ckpt)}
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception:  # a plain weights file: nothing more to say than its tensors
+        checkpoint = {}
+    if isinstance(checkpoint, dict):
+        hparams = checkpoint.get("hyper_parameters") or {}
+        card |= {k: hparams[k] for k in ("model", "num_classes", "in_channels", "model_args") if k in hparams}
+        card["epochs_trained"] = checkpoint.get("epoch")
+        for value in checkpoint.values():  # the data module's preprocessing record (ImageFolderDataModule)
+            if isinstance(value, dict) and isinstance(value.get("preprocessing"), dict):
+                card["preprocessing"] = value["preprocessing"]
+                card |= {
+                    k: value["preprocessing"][k] for k in ("mean", "std", "classes") if k in value["preprocessing"]
+                }
+    if run is not None:
+        import yaml
+
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        logger = (config.get("trainer") or {}).get("logger") or {}
+        card["recipe"] = (logger.get("init_args") or {}).get("name") if isinstance(logger, dict) else None
+        data = config.get("data") or {}
+        card["data"] = {"class_path": data.get("class_path"), "root": (data.get("init_args") or {}).get("root")}
+        if (run / "metrics.json").is_file():
+            metrics = json.loads((run / "metrics.json").read_text())
+            card["metrics"] = {k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))}
+    return card
+
+
+def export_weights(source: str | Path, output: str | Path | None = None, *, name: str | None = None) -> Path:
+    """Write a `zoo fit` run's network as safetensors, with a JSON card beside it; returns the weights' path.
+
+    `source` is a run folder (``runs/RECIPE/version_N``: its best checkpoint) or a checkpoint
+    or weights file. With `name`, the files are ``NAME.safetensors`` and ``NAME.json`` (in the
+    current folder unless `output` is a folder); otherwise `output` names the weights file. The
+    card holds the model, the recipe, the dataset, the test metrics, the preprocessing and the
+    file's sha256: what `zoo.registry.PublishedWeights` needs to publish it, and what
+    ``create(model, weights=FILE)`` reads into ``model.pretrained_cfg``.
+    """
+    if output is None and name is None:
+        raise WeightsError("give an output file (OUT.safetensors) or --name NAME")
+    out = Path(output) if output is not None else Path(".")
+    if name is not None:
+        out = (out if out.is_dir() or output is None else out.parent) / f"{name}.safetensors"
+    ckpt, _ = _run_files(Path(source))
+    path = save_file(load_file(ckpt), out)
+    if path.suffix != ".safetensors":
+        return path
+    card = {"name": name or path.stem, **export_card(source), "file": path.name}
+    card["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return path
 
 
 def save_file(weights: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:
