@@ -265,3 +265,9 @@ def test_export_a_run_with_a_card_that_create_reads(tmp_path, monkeypatch):
     assert torch.equal(loaded.fc.weight, net.fc.weight)
     assert loaded.pretrained_cfg["recipe"] == "lenet5_digits" and loaded.pretrained_cfg["source"] == "file"
     assert main(["export", str(tmp_path)]) == 2  # neither an output nor --name; and not a run folder
+
+
+def test_a_text_file_is_not_weights(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(WeightsError, match=r"cannot read weights from .*notes.txt': it is not a torch or safetensors"):
+        zoo.create("lenet5", weights=tmp_path / "notes.txt")

@@ -186,6 +186,8 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "Weights only load failed" in reason:  # torch's advice to retry unsafely is not ours to give
             reason = "the safe loader (weights_only=True) refused it"
+        elif isinstance(e, (KeyError, EOFError)) or len(reason) < 8:  # pickle's bare "101" for a text file
+            reason = "it is not a torch or safetensors file"
         raise WeightsError(
             f"cannot read weights from {str(path)!r}: {reason[:200]}; the file is corrupt, truncated, "
             "or holds objects other than tensors (only plain state dicts are loaded, never code)"
