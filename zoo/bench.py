@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from zoo.checks import check_int
 from zoo.errors import InvalidArgumentError
-from zoo.layers import check_int
 from zoo.registry import ModelCard, create, model_info
 
 MODES = ("train", "infer", "create")

@@ -17,19 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from zoo.arithmetic import same_padding
+from zoo.checks import check_int
 from zoo.errors import ConfigurationError
 
 LayerFactory = Callable[..., nn.Module]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-
-
-def check_int(value: object, name: str, owner: str = "", *, minimum: int = 1) -> int:
-    """`value` if it is an int >= `minimum`, else a `ConfigurationError` saying which argument was wrong."""
-    where = f"{owner}: " if owner else ""
-    kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{where}{name} must be {kind}, got {value!r}")
-    return value
 
 
 def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from zoo.errors import ConfigurationError, InvalidArgumentError, UnknownModelError
-from zoo.layers import check_int
+from zoo.checks import check_int, check_layer, check_number
+from zoo.errors import InvalidArgumentError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -264,16 +264,10 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
     if "num_classes" in overrides:
         check_int(overrides["num_classes"], "num_classes", name, minimum=0)
     for key in ("drop_rate", "drop_path_rate"):
-        value = overrides.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
-            raise ConfigurationError(f"{name}: {key} must be a number in [0, 1), got {value!r}")
+        if overrides.get(key) is not None:
+            check_number(overrides[key], key, name, below=1)
     for key in ("act_layer", "norm_layer"):
-        value = overrides.get(key)
-        if value is not None and not callable(value):
-            raise InvalidArgumentError(
-                f"{name}: {key} must be a layer class or functools.partial (e.g. torch.nn.ReLU), got {value!r}; "
-                "in a YAML recipe give the class by its import path"
-            )
+        check_layer(overrides.get(key), key, name)
     fetched = None
     if weights is not None:  # read (or download) before building: a big model takes seconds to build
         encoder = overrides.get("encoder") or getattr(entry.card.config, "encoder", None)

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from zoo.checks import check_int
 from zoo.errors import ConfigurationError, InputShapeError, InvalidArgumentError
-from zoo.layers import check_int, mirror_pad
+from zoo.layers import mirror_pad
 from zoo.models.base import ZooSegmenter
 
 

@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError
-from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, check_int, make_act
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
 from zoo.models.base import ZooModel
 from zoo.registry import Paper, Variant, register_model
 from zoo.weights import Reshape
@@ -78,15 +79,6 @@ class ConvNeXtConfig:
     widths: tuple[int, ...]
     kernel_size: int = 7  # the depthwise conv (the paper's Section 2.5 compares 3 to 11)
     mlp_ratio: int = 4  # the inverted bottleneck's expansion
-
-
-def _check_number(value: object, name: str, *, below: float | None = None) -> float:
-    """`value` as a float if it is a number >= 0 (and < `below`), else a `ConfigurationError`."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0
-    if not ok or (below is not None and value >= below):
-        bounds = f"in [0, {below:g})" if below is not None else ">= 0"
-        raise ConfigurationError(f"convnext: {name} must be a number {bounds}, got {value!r}")
-    return float(value)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -214,10 +206,10 @@ class ConvNeXt(ZooModel):
         if kernel_size % 2 == 0:
             raise ConfigurationError(f"convnext: kernel_size must be odd to keep the size, got {kernel_size}")
         mlp_ratio = check_int(config.mlp_ratio, "mlp_ratio", "convnext")
-        self.drop_rate = _check_number(drop_rate, "drop_rate", below=1)
-        drop_path_rate = _check_number(drop_path_rate, "drop_path_rate", below=1)
+        self.drop_rate = check_number(drop_rate, "drop_rate", "convnext", below=1)
+        drop_path_rate = check_number(drop_path_rate, "drop_path_rate", "convnext", below=1)
         if layer_scale_init_value is not None:
-            layer_scale_init_value = _check_number(layer_scale_init_value, "layer_scale_init_value")
+            layer_scale_init_value = check_number(layer_scale_init_value, "layer_scale_init_value", "convnext")
 
         # stochastic depth grows linearly with the block index, from 0 to drop_path_rate
         total = sum(depths)

@@ -76,8 +76,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, module_chain
+from zoo.checks import check_int
 from zoo.errors import ConfigurationError, InvalidArgumentError, WeightsError
-from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, check_int, make_act
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
 from zoo.models.base import ZooModel
 from zoo.registry import IMAGENET_MEAN, IMAGENET_STD, Paper, Variant, register_model
 

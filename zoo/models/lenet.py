@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, module_chain, output_sizes
+from zoo.checks import check_int
 from zoo.errors import ConfigurationError
-from zoo.layers import ConvNormAct, LayerFactory, check_int, make_act
+from zoo.layers import ConvNormAct, LayerFactory, make_act
 from zoo.models.base import ZooModel
 from zoo.registry import Paper, Variant, register_model
 

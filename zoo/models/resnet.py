@@ -62,8 +62,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, module_chain
+from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError, WeightsError
-from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, check_int, make_act
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
 from zoo.models.base import ZooModel
 from zoo.registry import Paper, Variant, register_model
 
@@ -361,9 +362,8 @@ class ResNet(ZooModel):
         _check_config(config)
         num_classes = config.num_classes if num_classes is None else num_classes
         check_int(num_classes, "num_classes", "resnet", minimum=0)
-        for name, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
-            if not 0 <= rate < 1:
-                raise ConfigurationError(f"resnet: {name} must be in [0, 1), got {rate!r}")
+        check_number(drop_rate, "drop_rate", "resnet", below=1)
+        check_number(drop_path_rate, "drop_path_rate", "resnet", below=1)
         # The torchvision layout: a stride-2 stem of its own and projection shortcuts.
         self._torchvision_layout = config.stem_stride > 1 and config.shortcut == "B"
 

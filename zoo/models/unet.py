@@ -64,8 +64,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, misfit, nearest_multiples, nearest_valid_sizes, unet_chain, unet_output_size
+from zoo.checks import check_bool, check_choice, check_int, check_number
 from zoo.errors import ConfigurationError, InvalidArgumentError
-from zoo.layers import ConvNormAct, LayerFactory, check_int
+from zoo.layers import ConvNormAct, LayerFactory
 from zoo.models.base import ZooSegmenter
 from zoo.registry import Paper, Variant, create, model_info, register_model
 
@@ -77,18 +78,6 @@ PAPER = Paper(
 )
 UPSAMPLE = ("transpose", "bilinear")
 INTERPOLATE = ("nearest", "bilinear")
-
-
-def _check_choice(value: object, name: str, choices: tuple[str, ...], owner: str) -> str:
-    if value not in choices:
-        raise ConfigurationError(f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def _check_bool(value: object, name: str, owner: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{owner}: {name} must be True or False, got {value!r}")
-    return value
 
 
 def _resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
@@ -230,11 +219,10 @@ class UNet(ZooSegmenter):
         self.num_classes = check_int(num_classes, "num_classes", owner)
         self.depth = check_int(depth, "depth", owner)
         check_int(width, "width", owner)
-        _check_bool(batch_norm, "batch_norm", owner)
-        self.pad_input = _check_bool(pad_input, "pad_input", owner)
-        _check_choice(upsample, "upsample", UPSAMPLE, owner)
-        if not 0 <= drop_rate < 1:
-            raise ConfigurationError(f"{owner}: drop_rate must be in [0, 1), got {drop_rate!r}")
+        check_bool(batch_norm, "batch_norm", owner)
+        self.pad_input = check_bool(pad_input, "pad_input", owner)
+        check_choice(upsample, "upsample", UPSAMPLE, owner)
+        check_number(drop_rate, "drop_rate", owner, below=1)
         self.padded = config.padded
         self.padding = 1 if config.padded else 0
         norm = nn.BatchNorm2d if batch_norm else None
@@ -435,9 +423,9 @@ class EncoderUNet(ZooSegmenter):
             )
         self.in_channels = check_int(in_channels, "in_channels", owner)
         self.num_classes = check_int(num_classes, "num_classes", owner)
-        _check_bool(batch_norm, "batch_norm", owner)
-        self.pad_input = _check_bool(pad_input, "pad_input", owner)
-        self.mode = _check_choice(upsample, "upsample", INTERPOLATE, owner)
+        check_bool(batch_norm, "batch_norm", owner)
+        self.pad_input = check_bool(pad_input, "pad_input", owner)
+        self.mode = check_choice(upsample, "upsample", INTERPOLATE, owner)
 
         self.encoder_name = name
         self.encoder = create(name, in_channels=in_channels, num_classes=0)

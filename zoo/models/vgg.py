@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from zoo.layers import ConvNormAct, LayerFactory, check_int, make_act
+from zoo.checks import check_int
+from zoo.layers import ConvNormAct, LayerFactory, make_act
 from zoo.models.base import ZooModel
 from zoo.registry import Paper, Variant, register_model
 
