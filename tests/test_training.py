@@ -118,6 +118,10 @@ def _recipe_overrides(recipe: Path, data: Path) -> list[str]:
         "ImageFolderDataModule": ["--data.root", str(data / "tiny-jpg.tar.gz"), "--data.val_size", "6"],
         "ISBI2012DataModule": ["--data.root", str(data / "isbi2012")],
     }[data_class]
+    if config["data"].get("init_args", {}).get("mode") == "photo":  # a folder (photo mode reads no .tar), small
+        args = ["--data.root", str(data / "folder"), "--data.image_size", "64", "--data.num_workers", "0"]
+    if config["model"]["init_args"].get("weights"):  # no download here: the same recipe from random weights
+        args += ["--model.init_args.weights", "null"]
     if data_class != "ISBI2012DataModule":
         args += ["--data.batch_size", "4", "--data.eval_batch_size", "8"]
     if model.startswith("unet"):  # the paper's widths are too slow for a unit test; the arithmetic is the same

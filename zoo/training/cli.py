@@ -32,6 +32,7 @@ command line (``--data.root ../shared/data``), several ``--config`` files. On to
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import tempfile
@@ -182,7 +183,12 @@ class ZooCLI(LightningCLI):
         if self._run_root(config) is None:
             return
         args = config["trainer"]["logger"]["init_args"]
-        args["save_dir"], args["name"], args["version"] = str(run.parent.parent), run.parent.name, run.name
+        try:  # as fit named it, when run from the same folder
+            save_dir = os.path.relpath(run.parent.parent)
+        except ValueError:  # another drive
+            save_dir = ".."
+        save_dir = str(run.parent.parent.resolve()) if save_dir.startswith("..") else save_dir
+        args["save_dir"], args["name"], args["version"] = save_dir, run.parent.name, run.name
 
     def _run_root(self, config: Any) -> Path | None:
         logger = config["trainer"].get("logger")

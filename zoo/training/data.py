@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from zoo.checks import check_int
 from zoo.errors import DatasetError, DatasetNotFoundError
-from zoo.layers import check_int
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 _CACHE_VERSION = 1
