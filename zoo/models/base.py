@@ -25,12 +25,25 @@ the model was created with ``pad_input=True``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, collapse_point, min_input_size, module_chain
 from zoo.errors import ConfigurationError, InputShapeError
 from zoo.layers import mirror_pad
+
+
+class InceptionOutput(NamedTuple):
+    """What a classifier with auxiliary heads returns in training mode (GoogLeNet, Inception-v3).
+
+    A shared type of the model contract: the training task adds the auxiliary losses for any
+    model that returns it, whatever its family.
+    """
+
+    logits: Tensor
+    aux_logits: tuple[Tensor, ...]  # one per auxiliary head, shallowest first
 
 
 class ZooModule(nn.Module):

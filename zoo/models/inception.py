@@ -69,7 +69,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ from zoo.arithmetic import LayerGeometry, module_chain
 from zoo.checks import check_int
 from zoo.errors import ConfigurationError, InvalidArgumentError, WeightsError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
-from zoo.models.base import ZooModel
+from zoo.models.base import InceptionOutput, ZooModel
 from zoo.registry import IMAGENET_MEAN, IMAGENET_STD, Paper, Variant, register_model
 
 GOOGLENET_PAPER = Paper(
@@ -97,13 +97,6 @@ INCEPTION_V3_PAPER = Paper(
 
 #: batch norm as Google's released Inception models (and torchvision's ports) use it
 BatchNorm2dEps3 = partial(nn.BatchNorm2d, eps=1e-3)
-
-
-class InceptionOutput(NamedTuple):
-    """What an Inception network returns in training mode with auxiliary heads."""
-
-    logits: Tensor
-    aux_logits: tuple[Tensor, ...]  # one per auxiliary head, shallowest first
 
 
 # --------------------------------------------------------------------------- blocks

@@ -68,7 +68,7 @@ from torchmetrics.classification import (
 
 import zoo
 from zoo.errors import ConfigurationError, InvalidArgumentError, NonFiniteLossError
-from zoo.models.inception import InceptionOutput
+from zoo.models.base import InceptionOutput
 
 
 def center_crop(t: Tensor, size: tuple[int, int]) -> Tensor:
