@@ -21,6 +21,8 @@ import pytest
 import torch
 import yaml
 
+import zoo
+
 pytest.importorskip("lightning")
 pytest.importorskip("jsonargparse")
 
@@ -175,6 +177,7 @@ def test_zoo_predict_writes_paths_and_class_names(
     for mine, theirs in zip(python_rows, rows, strict=True):
         assert mine["class"] == theirs["class"]
         assert abs(mine["confidence"] - float(theirs["confidence"])) < 1e-4
+    assert zoo.predict is predict  # the top-level name, imported on first use
     one = predict(ckpt, [unlabelled / "img0.jpg"])
     assert len(one) == 1 and one[0]["class"] == python_rows[0]["class"]
 

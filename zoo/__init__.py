@@ -8,13 +8,14 @@
 
 from zoo import models  # noqa: F401  (registers every family)
 from zoo.errors import ZooError
-from zoo.registry import ModelCard, Paper, Variant, create, list_models, model_info, register_model
+from zoo.registry import ModelCard, Paper, PublishedWeights, Variant, create, list_models, model_info, register_model
 from zoo.segment import segment
 
 __version__ = "0.1.0"
 __all__ = [
     "ModelCard",
     "Paper",
+    "PublishedWeights",
     "Variant",
     "ZooError",
     "analyze",
@@ -22,6 +23,7 @@ __all__ = [
     "create",
     "list_models",
     "model_info",
+    "predict",
     "register_model",
     "segment",
     "summary",
@@ -35,4 +37,8 @@ def __getattr__(name: str) -> object:
         from zoo import analysis
 
         return getattr(analysis, name)
+    if name == "predict":  # zoo.training.predict: Lightning is imported only when it is used
+        from zoo.training.prediction import predict
+
+        return predict
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
