@@ -271,3 +271,19 @@ def test_a_text_file_is_not_weights(tmp_path):
     (tmp_path / "notes.txt").write_text("hello\n")
     with pytest.raises(WeightsError, match=r"cannot read weights from .*notes.txt': it is not a torch or safetensors"):
         zoo.create("lenet5", weights=tmp_path / "notes.txt")
+
+
+def test_a_fresh_head_never_hides_a_missing_backbone_tensor(resnet18_file, tmp_path, caplog):
+    """Only the classifier may start fresh: a missing conv with as many channels as classes is still an error."""
+    tv, _ = resnet18_file
+    state = tv.state_dict()
+    del state["layer1.0.conv1.weight"]  # (64, 64, 3, 3): 64 outputs, like a 64-class head
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(WeightsError, match=r"1 missing key\(s\): stages.1.0.conv1.conv.weight"):
+        zoo.create("resnet18", weights=tmp_path / "short.pth", num_classes=64)
+    headless = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}  # timm's feature-only tags
+    torch.save(headless, tmp_path / "headless.pth")
+    with caplog.at_level("WARNING", logger="zoo"):
+        model = zoo.create("resnet18", weights=tmp_path / "headless.pth", num_classes=3)
+    assert "starts fresh for 3 classes (the weights have no classifier)" in caplog.text
+    assert torch.equal(model.stages[0].stem.conv.weight, tv.conv1.weight)

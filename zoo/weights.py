@@ -247,6 +247,16 @@ def _first_conv(model: nn.Module) -> str | None:
     return None
 
 
+def _classifier_modules(model: nn.Module) -> set[str]:
+    """The module paths of the model's classifiers: its ``fc`` and every linear layer with `num_classes` outputs."""
+    num_classes, fc = getattr(model, "num_classes", None), getattr(model, "fc", None)
+    return {
+        name
+        for name, m in model.named_modules()
+        if m is fc or (isinstance(m, nn.Linear) and m.out_features == num_classes)  # the aux heads' too
+    }
+
+
 def _adapt(model: nn.Module, fit: _Fit) -> list[str] | None:
     """Complete `fit.converted` for a new head or input channels, as fine-tuning expects; None if it cannot.
 
@@ -256,17 +266,18 @@ def _adapt(model: nn.Module, fit: _Fit) -> list[str] | None:
     """
     num_classes, in_channels = getattr(model, "num_classes", None), getattr(model, "in_channels", None)
     first_conv, state, notes = _first_conv(model), model.state_dict(), []
+    classifiers = _classifier_modules(model)
     head = []
     for described in fit.missing:  # weights without a classifier (timm's feature-only tags)
         ours = described.split(" ")[0]
-        if state[ours].shape[:1] != (num_classes,):
+        if ours.rsplit(".", 1)[0] not in classifiers:
             return None
         fit.converted[ours] = state[ours]
         head.append((ours, 0))
     if fit.unexpected:
         return None
     for ours, theirs, s_theirs, s_ours in fit.mismatched:
-        if s_ours[:1] == (num_classes,) and s_ours[1:] == s_theirs[1:]:
+        if ours.rsplit(".", 1)[0] in classifiers and s_ours[:1] == (num_classes,) and s_ours[1:] == s_theirs[1:]:
             fit.converted[ours] = state[ours]
             head.append((ours, s_theirs[0]))
         elif ours == first_conv and len(s_ours) == 4 and s_ours[1] == in_channels and s_ours[2:] == s_theirs[2:]:
@@ -277,8 +288,8 @@ def _adapt(model: nn.Module, fit: _Fit) -> list[str] | None:
             return None
     if head:
         modules = sorted({k.rsplit(".", 1)[0] for k, _ in head})
-        notes.insert(0, f"the classifier ({', '.join(modules)}) starts fresh for {num_classes} classes "
-                     f"(the weights have {head[0][1]})")  # fmt: skip
+        theirs = f"the weights have {head[-1][1]}" if head[-1][1] else "the weights have no classifier"
+        notes.insert(0, f"the classifier ({', '.join(modules)}) starts fresh for {num_classes} classes ({theirs})")
     return notes
 
 
