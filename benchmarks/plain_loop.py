@@ -1,6 +1,6 @@
 """A plain PyTorch training loop for LeNet-5 on MNIST: the yardstick for the Lightning recipe.
 
-``python -m zoo.training.baseline --root ../shared/data`` does what
+``python benchmarks/plain_loop.py --root ../shared/data`` does what
 ``zoo fit --config recipes/lenet5_mnist.yaml --data.root ../shared/data`` does, without
 Lightning: the same network, data (MNIST padded to 32x32, the same held-out validation
 images, random shifts of up to 2 pixels), batch size, optimizer, one-cycle schedule and
@@ -34,7 +34,7 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> float:
-    p = argparse.ArgumentParser(prog="python -m zoo.training.baseline", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/plain_loop.py", description=__doc__.splitlines()[0])
     p.add_argument("--root", default="data", help="the folder that holds MNIST/ (e.g. ../shared/data)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)

@@ -1,6 +1,6 @@
 """Train-step time of a network in fp32 and bf16 autocast, channels-first and channels_last.
 
-``python -m zoo.training.speed resnet20 lenet5:1`` times one training step (forward,
+``python benchmarks/train_step.py resnet20 lenet5:1`` times one training step (forward,
 cross-entropy, backward, SGD step) of each network in the four settings, interleaved
 round by round so that a machine's changing load falls on all four alike, and prints the
 median of each. ``NAME:C`` gives the input channels (default 3). This is how the recipes'
@@ -59,7 +59,7 @@ def measure(name: str, channels: int = 3, batch: int = 128, size: int = 32, roun
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m zoo.training.speed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/train_step.py", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+", help="NAME or NAME:CHANNELS")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--input", type=int, default=32)
