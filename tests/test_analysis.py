@@ -298,12 +298,6 @@ def test_plot_is_written(tmp_path):
     assert data.startswith(b"\x89PNG") and len(data) > 30_000  # a real picture, not an empty canvas
 
 
-def test_docs_models_table_is_current():
-    """docs/models.md is generated; regenerate it with `python -m zoo.analysis --write-docs`."""
-    text = analysis.DOCS_PATH.read_text() if analysis.DOCS_PATH.exists() else ""
-    assert text == analysis.models_markdown(), "docs/models.md is stale: run `python -m zoo.analysis --write-docs`"
-
-
 def test_cli_sort_choices_are_the_sort_keys():
     from zoo.cli import build_parser
 
