@@ -291,6 +291,8 @@ def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     >>> list_models("vgg1[16]")
     ['vgg11', 'vgg16']
     """
+    if not isinstance(pattern, str):
+        raise InvalidArgumentError(f"a model name pattern must be a string such as 'vgg*', got {pattern!r}")
     if task is not None and task not in TASKS:
         raise InvalidArgumentError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     names = [

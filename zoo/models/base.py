@@ -100,6 +100,12 @@ class ZooModule(nn.Module):
                 f"{name} expects a floating-point tensor, got {x.dtype}; convert it with x.float() "
                 "(and scale/normalise images as the model card says)"
             )
+        weight = next(self.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise InputShapeError(
+                f"{name} has {weight.dtype} weights and got a {x.dtype} input; convert the input with "
+                f"x.to({weight.dtype}) (or the model with model.to({x.dtype}))"
+            )
         if x.shape[1] != self.in_channels:
             raise InputShapeError(
                 f"{name} expects {self.in_channels} input channel(s), got {x.shape[1]} "
