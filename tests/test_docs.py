@@ -10,6 +10,7 @@ import re
 import runpy
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,9 @@ def python_blocks(path: Path) -> list[str]:
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__docs__"}
+    module = types.ModuleType("__docs__")  # a real module, so that a page can define dataclasses
+    monkeypatch.setitem(sys.modules, "__docs__", module)
+    namespace = module.__dict__
     for i, block in enumerate(python_blocks(page)):
         try:
             exec(compile(block, f"{page.name} block {i + 1}", "exec"), namespace)

@@ -102,10 +102,6 @@ class AlexNet(ZooModel):
         )
         self.reset_classifier(num_classes)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", "alexnet", minimum=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
     def torchvision_key_map(self) -> dict[str, str]:
         """Our module paths -> torchvision's."""
         return {
@@ -119,7 +115,6 @@ class AlexNet(ZooModel):
             "fc": "classifier.6",
         }
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def head_features(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.head_pool(x)).flatten(1)  # (B, 256 * 6 * 6)
-        x = self.pre_logits(x)
-        return x if pre_logits else self.fc(x)
+        return self.pre_logits(x)

@@ -14,7 +14,10 @@
 
 A family builds ``self.stages`` (an `nn.ModuleList` run one after the other) and the
 head, and overrides `spatial_chain` when its main path is not simply every conv and
-pool in registration order (branches, shortcuts).
+pool in registration order (branches, shortcuts). The head is shared: `forward_head` runs
+`head_features` (by default ``global_pool`` then ``head_drop``; a family with more, such as
+ConvNeXt's norm or VGG's MLP, overrides it) and then ``fc``, which `reset_classifier` builds
+with `make_classifier` (a linear layer unless the family initialises or shapes it otherwise).
 
 The segmenters (`ZooSegmenter`, the U-Nets) share the input checks and arithmetic
 (`ZooModule`) but not the classifier contract: ``forward(x)`` returns per-pixel logits
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, collapse_point, min_input_size, module_chain
+from zoo.checks import check_int
 from zoo.errors import ConfigurationError, InputShapeError
 from zoo.layers import mirror_pad
 
@@ -158,16 +162,29 @@ class ZooModel(ZooModule):
             x = stage(x)
         return x
 
+    def head_features(self, x: Tensor) -> Tensor:
+        """The pre-logits vector (B, num_features) of a feature map: by default global pool, then dropout.
+
+        A family whose head has more (ConvNeXt's norm, VGG's and AlexNet's MLP) says so here.
+        """
+        return self.head_drop(self.global_pool(x))
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool and classify a feature map (`pre_logits=True` stops before the last linear layer)."""
-        raise NotImplementedError
+        x = self.head_features(x)  # (B, num_features)
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def make_classifier(self, num_classes: int) -> nn.Module:
+        """The last layer for `num_classes` (> 0) outputs: a linear layer (a family may initialise it its own way)."""
+        return nn.Linear(self.num_features, num_classes)
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last layer with a new one for `num_classes` (0: return pre-logits features)."""
-        raise NotImplementedError
+        self.num_classes = check_int(num_classes, "num_classes", self.model_name, minimum=0)
+        self.fc = self.make_classifier(num_classes) if num_classes else nn.Identity()
 
     def remove_head(self) -> None:
         """Keep only what `forward_stages` needs, to serve as a feature extractor (a U-Net's encoder).

@@ -256,12 +256,11 @@ class ConvNeXt(ZooModel):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", "convnext", minimum=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.trunc_normal_(self.fc.weight, std=0.02)
-            nn.init.zeros_(self.fc.bias)
+    def make_classifier(self, num_classes: int) -> nn.Module:
+        fc = nn.Linear(self.num_features, num_classes)
+        nn.init.trunc_normal_(fc.weight, std=0.02)
+        nn.init.zeros_(fc.bias)
+        return fc
 
     def _blocks(self) -> Iterator[tuple[int, int]]:
         """(stage, block) indices of every block."""
@@ -321,6 +320,5 @@ class ConvNeXt(ZooModel):
             )
         return key_map
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.head_norm(self.global_pool(x)))  # (B, C)
-        return x if pre_logits else self.fc(x)
+    def head_features(self, x: Tensor) -> Tensor:
+        return self.head_drop(self.head_norm(self.global_pool(x)))  # (B, C)

@@ -552,13 +552,11 @@ class _InceptionNet(ZooModel):
                     aux.append(self.aux_heads[name](x))
         return InceptionOutput(self.forward_head(x), tuple(aux))
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.global_pool(x))  # (B, num_features)
-        return x if pre_logits else self.fc(x)
+    def make_classifier(self, num_classes: int) -> nn.Module:
+        return _classifier(self.num_features, num_classes)
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", type(self).__name__, minimum=0)
-        self.fc = _classifier(self.num_features, num_classes)
+        super().reset_classifier(num_classes)
         for head in self.aux_heads.values():
             head.reset_classifier(num_classes)
 

@@ -127,13 +127,8 @@ class LeNet5(ZooModel):
         )
         self.reset_classifier(num_classes)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", "lenet5", minimum=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.pre_logits(self.head_pool(x).flatten(1))  # (B, 84)
-        return x if pre_logits else self.fc(x)
+    def head_features(self, x: Tensor) -> Tensor:
+        return self.pre_logits(self.head_pool(x).flatten(1))  # (B, 84)
 
 
 def _final_side(model: nn.Module, input_size: int, name: str) -> int:
@@ -302,10 +297,8 @@ class LeNet5Paper(ZooModel):
         path = [("C1", c1), ("S2", s2.pool), ("C3", c3), ("S4", s4.pool), ("C5", c5)]
         return module_chain(path)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", "lenet5_1998", minimum=0)
-        self.fc = RBFOutput(self.num_features, num_classes) if num_classes else nn.Identity()
+    def make_classifier(self, num_classes: int) -> nn.Module:
+        return RBFOutput(self.num_features, num_classes)  # the paper's Euclidean RBF units
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.pre_logits(x)
-        return x if pre_logits else self.fc(x)
+    def head_features(self, x: Tensor) -> Tensor:
+        return self.pre_logits(x)

@@ -394,14 +394,6 @@ class ResNet(ZooModel):
                 if norm is not None and getattr(norm, "weight", None) is not None:
                     nn.init.zeros_(norm.weight)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", "resnet", minimum=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(self.global_pool(x))  # (B, num_features)
-        return x if pre_logits else self.fc(x)
-
     def spatial_chain(self) -> list[LayerGeometry]:
         """The main path only: stem conv, max pool, then every block's convs (no shortcut convs)."""
         return module_chain((n, m) for n, m in self.named_modules() if "downsample" not in n.split("."))

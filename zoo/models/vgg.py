@@ -154,12 +154,11 @@ class VGG(ZooModel):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = check_int(num_classes, "num_classes", "vgg", minimum=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.normal_(self.fc.weight, 0, 0.01)
-            nn.init.zeros_(self.fc.bias)
+    def make_classifier(self, num_classes: int) -> nn.Module:
+        fc = nn.Linear(self.num_features, num_classes)
+        nn.init.normal_(fc.weight, 0, 0.01)
+        nn.init.zeros_(fc.bias)
+        return fc
 
     def torchvision_key_map(self) -> dict[str, str]:
         """Our module paths -> torchvision's (``features.N`` counts every conv, norm, ReLU and pool)."""
@@ -174,7 +173,6 @@ class VGG(ZooModel):
         key_map.update({"pre_logits.0": "classifier.0", "pre_logits.3": "classifier.3", "fc": "classifier.6"})
         return key_map
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def head_features(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.head_pool(x)).flatten(1)  # (B, 512 * 7 * 7)
-        x = self.pre_logits(x)
-        return x if pre_logits else self.fc(x)
+        return self.pre_logits(x)
