@@ -159,6 +159,8 @@ class ZooCLI(LightningCLI):
             task = _task_class(config["model"])
             if task is not None and hasattr(task, "monitor"):
                 checkpoint["monitor"], checkpoint["mode"] = task.monitor
+        if self.subcommand == "fit":
+            _check_epochs(config["trainer"])
         root = self._run_root(config)
         if root is not None:
             _check_writable(root)
@@ -299,6 +301,23 @@ def _with_run_config(argv: list[str], folder: Path) -> list[str]:
     adapted = folder / f"{run.parent.name}.yaml"  # the recipe's name, for the logger
     adapted.write_text(yaml.safe_dump(config, sort_keys=False))
     return [argv[0], "--config", str(adapted), *argv[1:]]
+
+
+def _check_epochs(trainer: Any) -> None:
+    """A fit that trains nothing (0 epochs), or without end (-1), is a mistake to say before anything starts."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if epochs == 0 and (steps is None or steps <= 0):
+        raise RecipeError(
+            "--trainer.max_epochs 0 trains nothing (the test would score an untrained network); give 1 or more, "
+            "or evaluate a checkpoint with `zoo test --ckpt_path RUN/checkpoints/best.ckpt`"
+        )
+    if epochs == -1 and (steps is None or steps <= 0):
+        raise RecipeError(
+            "--trainer.max_epochs -1 would train without end (and cannot size the learning-rate schedule); "
+            "give a number of epochs, or --trainer.max_steps N"
+        )
+    if epochs is not None and epochs < -1:
+        raise RecipeError(f"--trainer.max_epochs must be a positive number of epochs, got {epochs}")
 
 
 def _check_writable(folder: Path) -> None:
