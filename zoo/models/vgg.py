@@ -67,28 +67,25 @@ def _stage_widths(layers: tuple[int | str, ...]) -> tuple[list[list[int]], bool]
     return stages, final_pool
 
 
+def _tv(name: str, config: VGGConfig, num_params: int) -> Variant:
+    """A row that is torchvision's builder of the same name (its parameter count, its weights)."""
+    return Variant(config, num_params, f"torchvision.models.{name}", torchvision=name)
+
+
 @register_model(
     family="vgg",
     paper=PAPER,
     input_size=(3, 224, 224),
     min_input_size=(32, 32),
     variants={
-        "vgg11": Variant(VGGConfig(_A), 132_863_336, "torchvision.models.vgg11", torchvision="vgg11"),
-        "vgg11_bn": Variant(
-            VGGConfig(_A, batch_norm=True), 132_868_840, "torchvision.models.vgg11_bn", torchvision="vgg11_bn"
-        ),
-        "vgg13": Variant(VGGConfig(_B), 133_047_848, "torchvision.models.vgg13", torchvision="vgg13"),
-        "vgg13_bn": Variant(
-            VGGConfig(_B, batch_norm=True), 133_053_736, "torchvision.models.vgg13_bn", torchvision="vgg13_bn"
-        ),
-        "vgg16": Variant(VGGConfig(_D), 138_357_544, "torchvision.models.vgg16", torchvision="vgg16"),
-        "vgg16_bn": Variant(
-            VGGConfig(_D, batch_norm=True), 138_365_992, "torchvision.models.vgg16_bn", torchvision="vgg16_bn"
-        ),
-        "vgg19": Variant(VGGConfig(_E), 143_667_240, "torchvision.models.vgg19", torchvision="vgg19"),
-        "vgg19_bn": Variant(
-            VGGConfig(_E, batch_norm=True), 143_678_248, "torchvision.models.vgg19_bn", torchvision="vgg19_bn"
-        ),
+        "vgg11": _tv("vgg11", VGGConfig(_A), 132_863_336),
+        "vgg11_bn": _tv("vgg11_bn", VGGConfig(_A, batch_norm=True), 132_868_840),
+        "vgg13": _tv("vgg13", VGGConfig(_B), 133_047_848),
+        "vgg13_bn": _tv("vgg13_bn", VGGConfig(_B, batch_norm=True), 133_053_736),
+        "vgg16": _tv("vgg16", VGGConfig(_D), 138_357_544),
+        "vgg16_bn": _tv("vgg16_bn", VGGConfig(_D, batch_norm=True), 138_365_992),
+        "vgg19": _tv("vgg19", VGGConfig(_E), 143_667_240),
+        "vgg19_bn": _tv("vgg19_bn", VGGConfig(_E, batch_norm=True), 143_678_248),
     },
 )
 class VGG(ZooModel):
