@@ -90,17 +90,23 @@ def skip_random_init(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory):
-    """Build and save one reference at a time (the previous one's files are deleted)."""
+    """Build one reference at a time; its files are written one format at a time."""
     folder = tmp_path_factory.mktemp("references")
 
-    def save(name: str, source: str) -> tuple[nn.Module, dict, dict]:
-        for old in folder.iterdir():
-            old.unlink()
+    def files(state: dict):
+        """Each format in turn, deleted before the next (ConvNeXt-XL's file alone is 1.4 GB)."""
+        for fmt, write in (("pth", torch.save), ("safetensors", lambda s, p: save_file(s, str(p)))):
+            path = folder / f"weights.{fmt}"
+            write(state, path)
+            try:
+                yield fmt, path
+            finally:
+                path.unlink()
+
+    def save(name: str, source: str) -> tuple[nn.Module, dict, object]:
         ref = build_reference(name, source)
         state = {k: v.contiguous().clone() for k, v in ref.state_dict().items()}
-        torch.save(state, folder / "weights.pth")
-        save_file(state, str(folder / "weights.safetensors"))
-        return ref, state, {"pth": folder / "weights.pth", "safetensors": folder / "weights.safetensors"}
+        return ref, state, files(state)
 
     return save
 
@@ -113,7 +119,7 @@ def test_reference_files_load_by_name_with_the_same_outputs(name, source, saved)
     h, w = card.input_size[1:] if card.family == "inception" else (max(s, 32) for s in card.min_input_size)
     x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(1))
     assert sum(p.numel() for p in ref.parameters()) == card.num_params
-    for fmt, path in files.items():
+    for fmt, path in files:
         ref.load_state_dict(state)  # a training-mode forward has moved the batch-norm statistics
         ours = zoo.create(name, weights=path)
         if card.num_params > LARGE:  # the state dict and one eval forward at the minimum size
@@ -158,7 +164,11 @@ def test_zoo_layout_and_fit_checkpoint_load_by_name(name, tmp_path):
     if zoo.model_info(name).num_params <= LARGE:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
         paths.append(tmp_path / "w.safetensors")
-    for path in paths:
-        loaded = zoo.create(name, weights=path).state_dict()
-        assert loaded.keys() == state.keys()
-        assert all(torch.equal(loaded[k], state[k]) for k in state), f"{name} from {path.name}"
+    try:
+        for path in paths:
+            loaded = zoo.create(name, weights=path).state_dict()
+            assert loaded.keys() == state.keys()
+            assert all(torch.equal(loaded[k], state[k]) for k in state), f"{name} from {path.name}"
+    finally:  # up to 1.4 GB a model: the whole registry's files at once would fill a small CI disk
+        for path in paths:
+            path.unlink(missing_ok=True)
