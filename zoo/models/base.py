@@ -28,6 +28,8 @@ the model was created with ``pad_input=True``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -50,6 +52,85 @@ class InceptionOutput(NamedTuple):
     aux_logits: tuple[Tensor, ...]  # one per auxiliary head, shallowest first
 
 
+# --------------------------------------------------------------------------- initialisation
+LayerInit = Callable[[nn.Module], None]
+
+
+def _zero_bias(m: nn.Module) -> None:
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+def he_normal(mode: str = "fan_out") -> LayerInit:
+    """He et al.'s normal initialisation for ReLU networks (`mode` "fan_out" as torchvision, "fan_in" as the
+    U-Net paper's std sqrt(2/N)); bias zero."""
+
+    def init(m: nn.Module) -> None:
+        nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+        _zero_bias(m)
+
+    return init
+
+
+def normal(std: float) -> LayerInit:
+    """N(0, std^2) weights, bias zero."""
+
+    def init(m: nn.Module) -> None:
+        nn.init.normal_(m.weight, 0, std)
+        _zero_bias(m)
+
+    return init
+
+
+def trunc_normal(std: float) -> LayerInit:
+    """Truncated normal weights (std `std`, cut at +-2, as timm's and the ConvNeXt paper's code), bias zero."""
+
+    def init(m: nn.Module) -> None:
+        nn.init.trunc_normal_(m.weight, std=std)
+        _zero_bias(m)
+
+    return init
+
+
+def fan_in_uniform(scale: float) -> LayerInit:
+    """Weights and bias uniform in +-scale / fan_in (LeCun et al. 1998's rule, scale 2.4)."""
+
+    def init(m: nn.Module) -> None:
+        bound = scale / m.weight[0].numel()
+        nn.init.uniform_(m.weight, -bound, bound)
+        nn.init.uniform_(m.bias, -bound, bound)
+
+    return init
+
+
+@dataclass(frozen=True)
+class WeightInit:
+    """A family's initialisation policy: one rule for its convolutions, one for its linear layers.
+
+    `apply` visits the modules in registration order (so a seed gives the same weights every
+    time); a rule of None keeps torch's default for that layer type, and norm layers keep
+    torch's 1 and 0. A family states its policy once, as the class attribute ``weight_init``;
+    `make_classifier` initialises a new last layer with the same linear rule.
+    """
+
+    conv: LayerInit | None = None
+    linear: LayerInit | None = None
+    conv_types: tuple[type[nn.Module], ...] = (nn.Conv2d,)
+
+    def apply(self, *modules: nn.Module) -> None:
+        for module in modules:
+            for m in module.modules():
+                if isinstance(m, self.conv_types):
+                    if self.conv is not None:
+                        self.conv(m)
+                elif isinstance(m, nn.Linear) and self.linear is not None:
+                    self.linear(m)
+
+
+#: He (fan-out) convs and N(0, 0.01) linear layers: torchvision's VGG and GoogLeNet/Inception-v3
+HE_CONV_NORMAL_LINEAR = WeightInit(conv=he_normal("fan_out"), linear=normal(0.01))
+
+
 class ZooModule(nn.Module):
     """What every zoo network shares: `in_channels`, the input checks and the arithmetic behind them."""
 
@@ -58,6 +139,12 @@ class ZooModule(nn.Module):
     fixed_input_size: tuple[int, int] | None = None
     #: what the loaded pretrained weights need (mean, std, crop size, ...; see zoo.weights.load_weights)
     pretrained_cfg: dict | None = None
+    #: the family's initialisation (torch's defaults unless a family states its own)
+    weight_init: WeightInit = WeightInit()
+
+    def init_weights(self) -> None:
+        """Initialise every layer by the family's `weight_init` policy."""
+        self.weight_init.apply(self)
 
     # ------------------------------------------------------------------ arithmetic
     def spatial_chain(self) -> list[LayerGeometry]:
@@ -178,8 +265,11 @@ class ZooModel(ZooModule):
         return self.forward_head(self.forward_features(x))
 
     def make_classifier(self, num_classes: int) -> nn.Module:
-        """The last layer for `num_classes` (> 0) outputs: a linear layer (a family may initialise it its own way)."""
-        return nn.Linear(self.num_features, num_classes)
+        """The last layer for `num_classes` (> 0) outputs: a linear layer, initialised by the family's policy."""
+        fc = nn.Linear(self.num_features, num_classes)
+        if self.weight_init.linear is not None:
+            self.weight_init.linear(fc)
+        return fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last layer with a new one for `num_classes` (0: return pre-logits features)."""

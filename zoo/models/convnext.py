@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
-from zoo.models.base import ZooModel
+from zoo.models.base import WeightInit, ZooModel, trunc_normal
 from zoo.registry import Paper, Variant, register_model
 from zoo.weights import Reshape
 
@@ -181,6 +181,8 @@ class ConvNeXt(ZooModel):
         act_layer: the activation inside every block's MLP.
     """
 
+    weight_init = WeightInit(conv=trunc_normal(0.02), linear=trunc_normal(0.02))  # the paper's code
+
     def __init__(
         self,
         config: ConvNeXtConfig,
@@ -247,20 +249,7 @@ class ConvNeXt(ZooModel):
         self.head_norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.head_drop = nn.Dropout(self.drop_rate)
         self.reset_classifier(num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # as the paper's code: truncated normal (std 0.02) for every conv and linear weight
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-
-    def make_classifier(self, num_classes: int) -> nn.Module:
-        fc = nn.Linear(self.num_features, num_classes)
-        nn.init.trunc_normal_(fc.weight, std=0.02)
-        nn.init.zeros_(fc.bias)
-        return fc
+        self.init_weights()
 
     def _blocks(self) -> Iterator[tuple[int, int]]:
         """(stage, block) indices of every block."""

@@ -77,7 +77,7 @@ from zoo.arithmetic import LayerGeometry, module_chain
 from zoo.checks import check_int
 from zoo.errors import ConfigurationError, InvalidArgumentError, WeightsError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory
-from zoo.models.base import InceptionOutput, ZooModel
+from zoo.models.base import HE_CONV_NORMAL_LINEAR, InceptionOutput, ZooModel
 from zoo.models.inception_blocks import (
     BatchNorm2dEps3,
     GoogLeNetAux,
@@ -90,7 +90,6 @@ from zoo.models.inception_blocks import (
     InceptionE,
     InputTransform,
     _Branches,
-    _classifier,
     _conv_map,
 )
 from zoo.registry import Paper, Variant, register_model
@@ -115,6 +114,7 @@ class _InceptionNet(ZooModel):
     """What GoogLeNet and Inception-v3 share: aux heads tapped inside stages, head, arithmetic."""
 
     aux_heads: nn.ModuleDict  # keyed by the name of the block they tap
+    weight_init = HE_CONV_NORMAL_LINEAR
     head_drop: nn.Dropout
 
     def _check_flags(self, aux_logits: object, transform_input: object, in_channels: int) -> None:
@@ -139,26 +139,10 @@ class _InceptionNet(ZooModel):
                     aux.append(self.aux_heads[name](x))
         return InceptionOutput(self.forward_head(x), tuple(aux))
 
-    def make_classifier(self, num_classes: int) -> nn.Module:
-        return _classifier(self.num_features, num_classes)
-
     def reset_classifier(self, num_classes: int) -> None:
         super().reset_classifier(num_classes)
         for head in self.aux_heads.values():
             head.reset_classifier(num_classes)
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def spatial_chain(self) -> list[LayerGeometry]:
         """The main path: the stem's convs and pools, then each block's main branch."""
@@ -320,7 +304,7 @@ class GoogLeNet(_InceptionNet):
         self.global_pool = GlobalAvgPool2d()
         self.head_drop = nn.Dropout(config.drop_rate if drop_rate is None else drop_rate)
         self.reset_classifier(num_classes)
-        self._init_weights()
+        self.init_weights()
 
     def torchvision_key_map(self) -> dict[str, str]:
         """Our module paths -> torchvision's ``GoogLeNet`` (the `googlenet_tv` layout only)."""
@@ -448,7 +432,7 @@ class InceptionV3(_InceptionNet):
         self.global_pool = GlobalAvgPool2d()
         self.head_drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)
-        self._init_weights()
+        self.init_weights()
 
     def torchvision_key_map(self) -> dict[str, str]:
         """Our module paths -> torchvision's ``Inception3``."""

@@ -40,7 +40,7 @@ from zoo.arithmetic import LayerGeometry, module_chain, output_sizes
 from zoo.checks import check_int
 from zoo.errors import ConfigurationError
 from zoo.layers import ConvNormAct, LayerFactory, make_act
-from zoo.models.base import ZooModel
+from zoo.models.base import WeightInit, ZooModel, fan_in_uniform
 from zoo.registry import Paper, Variant, register_model
 
 PAPER = Paper(
@@ -248,6 +248,8 @@ class LeNet5Paper(ZooModel):
         num_classes: RBF output units; 0 returns the 84-d F6 features.
     """
 
+    weight_init = WeightInit(conv=fan_in_uniform(2.4), linear=fan_in_uniform(2.4))  # the paper's rule
+
     fixed_input_size = (32, 32)
 
     def __init__(self, config: LeNetConfig, *, in_channels: int = 1, num_classes: int = 10) -> None:
@@ -275,15 +277,8 @@ class LeNet5Paper(ZooModel):
             nn.Linear(f5, f6),  # F6
             ScaledTanh(),
         )
-        self._init_weights()
+        self.init_weights()
         self.reset_classifier(num_classes)
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                nn.init.uniform_(m.weight, -2.4 / fan_in, 2.4 / fan_in)
-                nn.init.uniform_(m.bias, -2.4 / fan_in, 2.4 / fan_in)
 
     def spatial_chain(self) -> list[LayerGeometry]:
         # C3's grouped convs run side by side: count one of them

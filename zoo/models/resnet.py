@@ -65,7 +65,7 @@ from zoo.arithmetic import LayerGeometry, module_chain
 from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError, WeightsError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
-from zoo.models.base import ZooModel
+from zoo.models.base import WeightInit, ZooModel, he_normal
 from zoo.registry import Paper, Variant, register_model
 
 PAPER = Paper(
@@ -340,6 +340,8 @@ class ResNet(ZooModel):
         act_layer: activation inside the blocks and after each addition.
     """
 
+    weight_init = WeightInit(conv=he_normal("fan_out"))  # as torchvision; the linear layer keeps torch's default
+
     def __init__(
         self,
         config: ResNetConfig,
@@ -379,15 +381,7 @@ class ResNet(ZooModel):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        # He et al.'s initialisation for the convs, as torchvision; the linear layer keeps torch's default.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_weights()
         if zero_init_residual:
             for m in self.modules():
                 norm = m.last_norm() if isinstance(m, _ResidualBlock) else None

@@ -67,7 +67,7 @@ from zoo.arithmetic import LayerGeometry, misfit, nearest_multiples, nearest_val
 from zoo.checks import check_bool, check_choice, check_int, check_number
 from zoo.errors import ConfigurationError, InvalidArgumentError
 from zoo.layers import ConvNormAct, LayerFactory
-from zoo.models.base import ZooSegmenter
+from zoo.models.base import WeightInit, ZooSegmenter, he_normal
 from zoo.registry import Paper, Variant, create, model_info, register_model
 
 PAPER = Paper(
@@ -196,6 +196,8 @@ class UNet(ZooSegmenter):
         act_layer: activation after every 3x3 conv.
     """
 
+    weight_init = WeightInit(conv=he_normal("fan_in"), conv_types=(nn.Conv2d, nn.ConvTranspose2d))  # the paper's
+
     def __init__(
         self,
         config: UNetConfig,
@@ -245,17 +247,7 @@ class UNet(ZooSegmenter):
             for level in reversed(range(depth))
         )  # fmt: skip
         self.head = nn.Conv2d(width, num_classes, 1)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")  # std sqrt(2/N), the paper's
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.init_weights()
 
     def forward_logits(self, x: Tensor) -> Tensor:
         skips = []
@@ -450,17 +442,7 @@ class EncoderUNet(ZooSegmenter):
         self.total_stride = strides[-1]
         self.final_resize = strides[0] == 1  # otherwise the last block up-samples to the input's size
         self.encoder_frozen = False
-        self._init_decoder()
-
-    def _init_decoder(self) -> None:
-        for m in [*self.decoder.modules(), self.head]:
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        WeightInit(conv=he_normal("fan_out")).apply(self.decoder, self.head)  # the encoder keeps its own
 
     def forward_logits(self, x: Tensor) -> Tensor:
         stages = self.encoder.forward_stages(x)  # shallowest first

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from zoo.checks import check_int
 from zoo.layers import ConvNormAct, LayerFactory, make_act
-from zoo.models.base import ZooModel
+from zoo.models.base import HE_CONV_NORMAL_LINEAR, ZooModel
 from zoo.registry import Paper, Variant, register_model
 
 PAPER = Paper(
@@ -99,6 +99,8 @@ class VGG(ZooModel):
         act_layer: activation after every conv and hidden linear layer.
     """
 
+    weight_init = HE_CONV_NORMAL_LINEAR
+
     def __init__(
         self,
         config: VGGConfig,
@@ -137,25 +139,7 @@ class VGG(ZooModel):
             nn.Dropout(drop_rate),
         )
         self.reset_classifier(num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def make_classifier(self, num_classes: int) -> nn.Module:
-        fc = nn.Linear(self.num_features, num_classes)
-        nn.init.normal_(fc.weight, 0, 0.01)
-        nn.init.zeros_(fc.bias)
-        return fc
+        self.init_weights()
 
     def torchvision_key_map(self) -> dict[str, str]:
         """Our module paths -> torchvision's (``features.N`` counts every conv, norm, ReLU and pool)."""
