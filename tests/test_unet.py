@@ -258,7 +258,7 @@ def test_encoder_unet_counts_and_decoder_from_stages(name):
     assert n_params(model) == params == zoo.model_info(name).num_params
     assert model.total_stride == stride and len(model.decoder) == blocks
     enc = model.encoder
-    assert isinstance(enc, zoo.models.base.ZooModel) and enc.model_name == zoo.model_info(name).config.encoder
+    assert isinstance(enc, zoo.models.base.ZooClassifier) and enc.model_name == zoo.model_info(name).config.encoder
     # the decoder's first block takes the deepest stage and the next one's skip
     first = model.decoder[0].conv1.conv
     assert first.in_channels == enc.stage_channels[-1] + enc.stage_channels[-2]

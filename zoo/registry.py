@@ -4,7 +4,7 @@ A family registers all its variants with one decorator on its model class::
 
     @register_model(family="vgg", paper=PAPER, input_size=(3, 224, 224), ...,
                     variants={"vgg16": Variant(VGGConfig(_D), num_params=138_357_544)})
-    class VGG(ZooModel): ...
+    class VGG(ZooClassifier): ...
 
 `create(name, **overrides)` looks the name up and calls ``cls(config, **overrides)``.
 Overrides are checked against the constructor's keyword arguments before anything is

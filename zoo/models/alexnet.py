@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from zoo.checks import check_int
 from zoo.layers import ConvNormAct, LayerFactory, make_act
-from zoo.models.base import ZooModel
+from zoo.models.base import ZooClassifier
 from zoo.registry import Paper, Variant, register_model
 
 PAPER = Paper(
@@ -52,7 +52,7 @@ class AlexNetConfig:
     min_input_size=(63, 63),
     variants={"alexnet": Variant(AlexNetConfig(), 61_100_840, "torchvision.models.alexnet", torchvision="alexnet")},
 )
-class AlexNet(ZooModel):
+class AlexNet(ZooClassifier):
     """AlexNet as torchvision ships it (see the module docstring for the departures from the paper).
 
     Args:

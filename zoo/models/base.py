@@ -20,7 +20,7 @@ ConvNeXt's norm or VGG's MLP, overrides it) and then ``fc``, which `reset_classi
 with `make_classifier` (a linear layer unless the family initialises or shapes it otherwise).
 
 The segmenters (`ZooSegmenter`, the U-Nets) share the input checks and arithmetic
-(`ZooModule`) but not the classifier contract: ``forward(x)`` returns per-pixel logits
+(`ZooNetwork`) but not the classifier contract: ``forward(x)`` returns per-pixel logits
 (B, num_classes, H_out, W_out), ``output_size((H, W))`` says how large, and an input size
 the network cannot take exactly is an error that names the nearest valid sizes, unless
 the model was created with ``pad_input=True``.
@@ -131,7 +131,7 @@ class WeightInit:
 HE_CONV_NORMAL_LINEAR = WeightInit(conv=he_normal("fan_out"), linear=normal(0.01))
 
 
-class ZooModule(nn.Module):
+class ZooNetwork(nn.Module):
     """What every zoo network shares: `in_channels`, the input checks and the arithmetic behind them."""
 
     in_channels: int
@@ -223,8 +223,8 @@ class ZooModule(nn.Module):
             )
 
 
-class ZooModel(ZooModule):
-    """Base class of the zoo classifiers: the forward contract (the input checks are `ZooModule`'s)."""
+class ZooClassifier(ZooNetwork):
+    """Base class of the zoo classifiers: the forward contract (the input checks are `ZooNetwork`'s)."""
 
     num_classes: int
     num_features: int
@@ -291,7 +291,7 @@ class ZooModel(ZooModule):
 
 
 class RemovedHead(nn.Module):
-    """What `ZooModel.remove_head` leaves in place of a head module: no parameters, an error if called."""
+    """What `ZooClassifier.remove_head` leaves in place of a head module: no parameters, an error if called."""
 
     def __init__(self, model_name: str, name: str) -> None:
         super().__init__()
@@ -307,7 +307,7 @@ class RemovedHead(nn.Module):
         return f"removed {self.name!r}"
 
 
-class ZooSegmenter(ZooModule):
+class ZooSegmenter(ZooNetwork):
     """Base class of the zoo segmenters: per-pixel logits, the input sizes they take, and optional padding.
 
     The contract: ``forward(x)`` returns logits (B, num_classes, H_out, W_out) with
@@ -407,3 +407,8 @@ class ZooSegmenter(ZooModule):
                     f"{name} cannot take an input {what} of {size} (input {h}x{w}): {self._size_problem(size, axis)}; "
                     f"the nearest valid {what}s: {near} ({self.valid_sizes_rule(axis)}); {fix}"
                 )
+
+
+#: the names of the two base classes before they said what they are (kept for code that uses them)
+ZooModule = ZooNetwork
+ZooModel = ZooClassifier

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
-from zoo.models.base import WeightInit, ZooModel, trunc_normal
+from zoo.models.base import WeightInit, ZooClassifier, trunc_normal
 from zoo.registry import Paper, Variant, register_model
 from zoo.weights import Reshape
 
@@ -166,7 +166,7 @@ _XL = ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048))
         ),
     },
 )
-class ConvNeXt(ZooModel):
+class ConvNeXt(ZooClassifier):
     """ConvNeXt (any row of the variant table, or your own `ConvNeXtConfig`).
 
     Args:

@@ -77,7 +77,7 @@ from zoo.arithmetic import LayerGeometry, module_chain
 from zoo.checks import check_int
 from zoo.errors import ConfigurationError, InvalidArgumentError, WeightsError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory
-from zoo.models.base import HE_CONV_NORMAL_LINEAR, InceptionOutput, ZooModel
+from zoo.models.base import HE_CONV_NORMAL_LINEAR, InceptionOutput, ZooClassifier
 from zoo.models.inception_blocks import (
     BatchNorm2dEps3,
     GoogLeNetAux,
@@ -110,7 +110,7 @@ INCEPTION_V3_PAPER = Paper(
 # --------------------------------------------------------------------------- shared network code
 
 
-class _InceptionNet(ZooModel):
+class _InceptionNet(ZooClassifier):
     """What GoogLeNet and Inception-v3 share: aux heads tapped inside stages, head, arithmetic."""
 
     aux_heads: nn.ModuleDict  # keyed by the name of the block they tap

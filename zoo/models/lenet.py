@@ -40,7 +40,7 @@ from zoo.arithmetic import LayerGeometry, module_chain, output_sizes
 from zoo.checks import check_int
 from zoo.errors import ConfigurationError
 from zoo.layers import ConvNormAct, LayerFactory, make_act
-from zoo.models.base import WeightInit, ZooModel, fan_in_uniform
+from zoo.models.base import WeightInit, ZooClassifier, fan_in_uniform
 from zoo.registry import Paper, Variant, register_model
 
 PAPER = Paper(
@@ -78,7 +78,7 @@ class LeNetConfig:
         )
     },
 )
-class LeNet5(ZooModel):
+class LeNet5(ZooClassifier):
     """LeNet-5 in its common modern form.
 
     Args:
@@ -239,7 +239,7 @@ class RBFOutput(nn.Module):
         )
     },
 )
-class LeNet5Paper(ZooModel):
+class LeNet5Paper(ZooClassifier):
     """LeNet-5 as in the 1998 paper (see the module docstring for what is kept and left out).
 
     Args:

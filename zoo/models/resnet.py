@@ -65,7 +65,7 @@ from zoo.arithmetic import LayerGeometry, module_chain
 from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError, WeightsError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
-from zoo.models.base import WeightInit, ZooModel, he_normal
+from zoo.models.base import WeightInit, ZooClassifier, he_normal
 from zoo.registry import Paper, Variant, register_model
 
 PAPER = Paper(
@@ -322,7 +322,7 @@ def _paper(config: ResNetConfig, num_params: int, table_count: str) -> Variant:
         ),
     },
 )
-class ResNet(ZooModel):
+class ResNet(ZooClassifier):
     """A residual network: stem, stages of basic or bottleneck blocks, global average pool, linear.
 
     Args:

@@ -296,19 +296,19 @@ class DecoderBlock(nn.Module):
         skip_channels: int,
         out_channels: int,
         *,
-        mode: str,
+        upsample: str,
         norm_layer: LayerFactory | None,
         act_layer: LayerFactory | None,
     ) -> None:
         super().__init__()
-        self.mode = mode
+        self.upsample = upsample  # "nearest" or "bilinear" interpolation
         self.conv1 = ConvNormAct(
             in_channels + skip_channels, out_channels, 3, norm_layer=norm_layer, act_layer=act_layer
         )
         self.conv2 = ConvNormAct(out_channels, out_channels, 3, norm_layer=norm_layer, act_layer=act_layer)
 
     def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int]) -> Tensor:
-        x = _resize(x, size, self.mode)
+        x = _resize(x, size, self.upsample)
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         return self.conv2(self.conv1(x))
@@ -417,7 +417,7 @@ class EncoderUNet(ZooSegmenter):
         self.num_classes = check_int(num_classes, "num_classes", owner)
         check_bool(batch_norm, "batch_norm", owner)
         self.pad_input = check_bool(pad_input, "pad_input", owner)
-        self.mode = check_choice(upsample, "upsample", INTERPOLATE, owner)
+        self.upsample = check_choice(upsample, "upsample", INTERPOLATE, owner)
 
         self.encoder_name = name
         self.encoder = create(name, in_channels=in_channels, num_classes=0)
@@ -435,7 +435,7 @@ class EncoderUNet(ZooSegmenter):
         norm = nn.BatchNorm2d if batch_norm else None
         ins = (channels[-1], *decoder_widths[:-1])
         self.decoder = nn.ModuleList(
-            DecoderBlock(i, s, o, mode=self.mode, norm_layer=norm, act_layer=act_layer)
+            DecoderBlock(i, s, o, upsample=self.upsample, norm_layer=norm, act_layer=act_layer)
             for i, s, o in zip(ins, skips, decoder_widths, strict=True)
         )
         self.head = nn.Conv2d(decoder_widths[-1], num_classes, 3, padding=1)
@@ -453,7 +453,7 @@ class EncoderUNet(ZooSegmenter):
             target = skip if skip is not None else x
             y = block(y, skip, (target.shape[-2], target.shape[-1]))
         if self.final_resize:  # a full-resolution first stage may still have lost a border (LeNet's unpadded conv)
-            y = _resize(y, (x.shape[-2], x.shape[-1]), self.mode)
+            y = _resize(y, (x.shape[-2], x.shape[-1]), self.upsample)
         return self.head(y)  # (B, num_classes, H, W)
 
     # ------------------------------------------------------------------ training the decoder alone

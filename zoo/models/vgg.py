@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from zoo.checks import check_int
 from zoo.layers import ConvNormAct, LayerFactory, make_act
-from zoo.models.base import HE_CONV_NORMAL_LINEAR, ZooModel
+from zoo.models.base import HE_CONV_NORMAL_LINEAR, ZooClassifier
 from zoo.registry import Paper, Variant, register_model
 
 PAPER = Paper(
@@ -88,7 +88,7 @@ def _tv(name: str, config: VGGConfig, num_params: int) -> Variant:
         "vgg19_bn": _tv("vgg19_bn", VGGConfig(_E, batch_norm=True), 143_678_248),
     },
 )
-class VGG(ZooModel):
+class VGG(ZooClassifier):
     """VGG network (any column of the paper's Table 1).
 
     Args:

@@ -13,7 +13,7 @@ used, every shape must agree; otherwise one `WeightsError` lists what did not fi
 The one exception is a target the key map wraps in `Reshape`: its tensors are reshaped
 to the zoo model's shape when the number of elements agrees (timm stores ConvNeXt's
 layer scale as (C,), torchvision and zoo as (C, 1, 1)). And a mapped module the zoo model
-does not have (a feature extractor's removed head, `ZooModel.remove_head`, as in a U-Net's
+does not have (a feature extractor's removed head, `ZooClassifier.remove_head`, as in a U-Net's
 encoder) leaves the source's tensors for it out.
 
 Files are read with ``torch.load(weights_only=True)`` or as safetensors, so a weights

@@ -87,7 +87,7 @@ def _match(model: nn.Module, state_dict: Mapping[str, Tensor], key_map: Mapping[
             tensor = tensor.reshape(value.shape)
         fit.converted[key] = tensor
     # a mapped module the model was built without (the head of a feature extractor, see
-    # ZooModel.remove_head; aux heads with aux_logits=False; num_classes=0) holds no tensors:
+    # ZooClassifier.remove_head; aux heads with aux_logits=False; num_classes=0) holds no tensors:
     # the source's tensors for it are left out, by design
     prefixes = {".".join(k.split(".")[:i]) for k in ours for i in range(1, k.count(".") + 2)}
     dropped = tuple(f"{theirs}." for mine, theirs in key_map.items() if mine not in prefixes)
