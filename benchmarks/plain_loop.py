@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> float:
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    splits = MNISTDataModule(args.root, pad=2, val_size=args.val_size).load()  # the recipe's tensors, read the same way
+    splits = MNISTDataModule(args.root, pad=2, val_size=args.val_size).load_splits()  # the recipe's tensors
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
     mean, std = channel_stats(train_x)
     scale = torch.tensor([1 / (255 * s) for s in std]).view(1, -1, 1, 1)

@@ -220,7 +220,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--config", "RECIPE", "--trainer.max_epochz", "3"], "max_epochz"),
         (["--config", "RECIPE", "--trainer.max_epochs", "three"], "trainer.max_epochs: expected int"),
         (["--config", "RECIPE", "--model.model", "lenet6"], "did you mean lenet5"),
-        (["--config", "MNIST", "--data.root", "nowhere"], "MNIST not found"),
+        (["--config", "MNIST", "--data.root", "nowhere", "--data.download", "false"], "MNIST not found"),
     ],
     ids=["missing-recipe", "bad-yaml", "unknown-key", "wrong-type", "unknown-model", "missing-dataset"],
 )
@@ -316,7 +316,7 @@ def test_image_folder_archive_is_decoded_once_and_cached(data_dir: Path, tmp_pat
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 30, "val": 6, "test": 12}
     assert len(list(tmp_path.glob("*.pt"))) == 1
     again = ImageFolderDataModule(archive, val_size=6, cache_dir=str(tmp_path))
-    assert torch.equal(again.decoded()["train"][0], dm.decoded()["train"][0])
+    assert torch.equal(again.decoded_splits()["train"][0], dm.decoded_splits()["train"][0])
 
     folder = ImageFolderDataModule(str(data_dir / "folder"), cache_dir=str(tmp_path), image_size=16)
     folder.setup("fit")
@@ -330,8 +330,10 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad" / "train" / "cat"
     bad.mkdir(parents=True)
     (bad / "0.jpg").write_bytes(b"not a jpeg")
+    dm = ImageFolderDataModule(str(tmp_path / "bad"), cache_dir=str(tmp_path))
+    assert dm.num_classes == 1  # from the listing: nothing is decoded yet
     with pytest.raises(Exception, match=r"cannot decode image train/cat/0.jpg"):
-        ImageFolderDataModule(str(tmp_path / "bad"), cache_dir=str(tmp_path)).num_classes  # noqa: B018
+        dm.setup("fit")
 
 
 def test_isbi_augmentation_keeps_masks_binary(data_dir: Path) -> None:
