@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from zoo.arithmetic import min_input_size, module_chain, receptive_fields
 from zoo.errors import ConfigurationError
-from zoo.layers import ConvNormAct, GatedConv2d, GlobalAvgPool2d, GlobalMaxPool2d, L2Pool2d
+from zoo.layers import ConvNormAct, GatedConv2d, GlobalAvgPool2d, GlobalMaxPool2d, L2Pool2d, NormActConv
 
 X = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 1], [3, 4, 7, 2], [1, 2, 1, 0]], dtype=torch.float32)[None, None]
 
@@ -91,6 +92,44 @@ def test_dilation_groups_and_pointwise():
 def test_conv_norm_act_errors(kwargs, message):
     with pytest.raises(ConfigurationError, match=message):
         ConvNormAct(**kwargs)
+
+
+def test_norm_act_conv_is_the_pre_activation_order():
+    """norm -> act -> conv, the norm over the input channels, no conv bias by default; the same output by hand."""
+    torch.manual_seed(0)
+    layer = NormActConv(4, 6, 3, stride=2)
+    assert [name for name, _ in layer.named_children()] == ["norm", "act", "conv"]
+    assert layer.norm.num_features == 4 and layer.conv.bias is None and layer.conv.padding == (1, 1)
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5), layer.norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 4, 9, 9)
+    layer.train()
+    by_hand = nn.functional.conv2d(
+        torch.relu(nn.functional.batch_norm(x, None, None, layer.norm.weight, layer.norm.bias, training=True)),
+        layer.conv.weight,
+        stride=2,
+        padding=1,
+    )
+    torch.testing.assert_close(layer(x), by_hand)
+    assert layer(x).shape == (2, 6, 5, 5)
+
+
+def test_norm_act_conv_arithmetic_and_errors():
+    """The arithmetic sees its conv as ConvNormAct's (dilation counted); its argument errors name it."""
+    pre, post = NormActConv(3, 8, 3, stride=2, dilation=2), ConvNormAct(3, 8, 3, stride=2, dilation=2)
+    chain_pre, chain_post = module_chain(pre.named_modules()), module_chain(post.named_modules())
+    assert [(g.kernel, g.stride, g.padding, g.dilation) for g in chain_pre] == [
+        (g.kernel, g.stride, g.padding, g.dilation) for g in chain_post
+    ]
+    assert receptive_fields(chain_pre) == receptive_fields(chain_post) and receptive_fields(chain_pre)[-1].size == (
+        5,
+        5,
+    )
+    assert min_input_size(chain_pre) == min_input_size(chain_post)
+    with pytest.raises(ConfigurationError, match="NormActConv: groups=3 must divide"):
+        NormActConv(4, 6, 3, groups=3)
+    layer = NormActConv(4, 6, 1, norm_layer=None, act_layer=None, bias=True)
+    assert [name for name, _ in layer.named_children()] == ["conv"] and layer.conv.bias is not None
 
 
 def test_gated_conv_is_feature_times_sigmoid_gate():

@@ -46,6 +46,35 @@ def make_act(act_layer: LayerFactory | None) -> nn.Module:
     return act_layer(inplace=True) if _takes_inplace(act_layer) else act_layer()
 
 
+def _conv(
+    owner: str,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int] | None,
+    dilation: int | tuple[int, int],
+    groups: int,
+    *,
+    bias: bool,
+    padding_mode: str,
+) -> nn.Conv2d:
+    """The checked convolution of `ConvNormAct` and `NormActConv` ("same" padding when `padding` is None)."""
+    check_int(in_channels, "in_channels", owner)
+    check_int(out_channels, "out_channels", owner)
+    check_int(groups, "groups", owner)
+    if in_channels % groups or out_channels % groups:
+        raise ConfigurationError(
+            f"{owner}: groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})"
+        )
+    if padding_mode not in PADDING_MODES:
+        raise ConfigurationError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+    k, d = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation")
+    if padding is None:
+        padding = (same_padding(k[0], d[0]), same_padding(k[1], d[1]))
+    return nn.Conv2d(in_channels, out_channels, k, stride, padding, d, groups, bias=bias, padding_mode=padding_mode)
+
+
 class ConvNormAct(nn.Sequential):
     """Convolution, then normalisation, then activation; children ``conv``, ``norm``, ``act``.
 
@@ -79,26 +108,14 @@ class ConvNormAct(nn.Sequential):
         padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
-        check_int(in_channels, "in_channels", "ConvNormAct")
-        check_int(out_channels, "out_channels", "ConvNormAct")
-        check_int(groups, "groups", "ConvNormAct")
-        if in_channels % groups or out_channels % groups:
-            raise ConfigurationError(
-                f"ConvNormAct: groups={groups} must divide in_channels ({in_channels}) "
-                f"and out_channels ({out_channels})"
-            )
-        if padding_mode not in PADDING_MODES:
-            raise ConfigurationError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
-        k, d = _pair(kernel_size, "kernel_size"), _pair(dilation, "dilation")
-        if padding is None:
-            padding = (same_padding(k[0], d[0]), same_padding(k[1], d[1]))
-        self.conv = nn.Conv2d(
+        self.conv = _conv(
+            "ConvNormAct",
             in_channels,
             out_channels,
-            k,
+            kernel_size,
             stride,
             padding,
-            d,
+            dilation,
             groups,
             bias=norm_layer is None if bias is None else bias,
             padding_mode=padding_mode,
@@ -107,6 +124,50 @@ class ConvNormAct(nn.Sequential):
             self.norm = norm_layer(out_channels)
         if act_layer is not None:
             self.act = make_act(act_layer)
+
+
+class NormActConv(nn.Sequential):
+    """The pre-activation form: normalisation, then activation, then convolution; children ``norm``, ``act``, ``conv``.
+
+    The order of He et al.'s "Identity Mappings in Deep Residual Networks" (2016) and of
+    DenseNet's layers. The arguments are `ConvNormAct`'s; the norm layer normalises the
+    `in_channels` it receives, and the conv has a bias only when asked (`bias=True`), since
+    what follows it (the next block's norm, or the residual sum) does not need one.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        *,
+        bias: bool = False,
+        norm_layer: LayerFactory | None = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        conv = _conv(
+            "NormActConv",
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias=bias,
+            padding_mode=padding_mode,
+        )
+        if norm_layer is not None:
+            self.norm = norm_layer(in_channels)
+        if act_layer is not None:
+            self.act = make_act(act_layer)
+        self.conv = conv
 
 
 class GatedConv2d(nn.Module):
