@@ -35,7 +35,8 @@ BROWSERS = ["chromium", "chromium-browser", "google-chrome"]
 OVERFLOW_JS = """() => {
   const out = [];
   const found = [
-    ...[...document.querySelectorAll('.md-content table')].map(el => ['table', el]),
+    ...[...document.querySelectorAll('.md-content table')]
+      .map(el => ['table', el.closest('.md-typeset__scrollwrap') || el]),
     ...[...document.querySelectorAll('.md-content .language-console pre > code')].map(el => ['console', el]),
   ];
   for (const [what, el] of found) {
