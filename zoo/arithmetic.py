@@ -3,7 +3,7 @@
 Everything here is plain integer arithmetic on one spatial axis at a time, so it runs
 without building a model or allocating a tensor. The formulas are the ones torch uses
 (Dumoulin & Visin, "A guide to convolution arithmetic for deep learning", 2016,
-https://arxiv.org/abs/1603.07285)::
+https://arxiv.org/abs/1603.07285):
 
     conv / pool:     out = floor((n + 2p - d(k-1) - 1) / s) + 1
     pool, ceil_mode: out = ceil((n + 2p - d(k-1) - 1) / s) + 1, minus one if the last
@@ -66,12 +66,13 @@ def conv_output_size(
 
     `padding` may be an int, ``"valid"`` (0) or ``"same"`` (stride 1 only, as in torch).
 
-    >>> conv_output_size(224, 7, stride=2, padding=3)
-    112
-    >>> conv_output_size(2, 3)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    zoo.errors.ConfigurationError: conv: the kernel does not fit: input 2 with padding 0 is 2 wide, ...
+    Examples:
+        >>> conv_output_size(224, 7, stride=2, padding=3)
+        112
+        >>> conv_output_size(2, 3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        zoo.errors.ConfigurationError: conv: the kernel does not fit: input 2 with padding 0 is 2 wide, ...
     """
     padding = resolve_padding(padding, kernel, stride, dilation)
     _check_ints(size=size, kernel=kernel, stride=stride, padding=padding, dilation=dilation)
@@ -99,10 +100,11 @@ def pool_output_size(
 ) -> int:
     """Output size of a max or average pooling along one axis (`stride` defaults to `kernel`).
 
-    >>> pool_output_size(112, 3, stride=2, padding=1)
-    56
-    >>> pool_output_size(55, 3, stride=2, ceil_mode=True)
-    27
+    Examples:
+        >>> pool_output_size(112, 3, stride=2, padding=1)
+        56
+        >>> pool_output_size(55, 3, stride=2, ceil_mode=True)
+        27
     """
     stride = kernel if stride is None else stride
     _check_ints(size=size, kernel=kernel, stride=stride, padding=padding, dilation=dilation)
@@ -140,8 +142,9 @@ def conv_transpose_output_size(
 ) -> int:
     """Output size of a transposed convolution along one axis.
 
-    >>> conv_transpose_output_size(28, 2, stride=2)
-    56
+    Examples:
+        >>> conv_transpose_output_size(28, 2, stride=2)
+        56
     """
     _check_ints(
         size=size, kernel=kernel, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation
@@ -309,9 +312,10 @@ def _min_axis_input(chain: Sequence[LayerGeometry], axis: int) -> int:
 def min_input_size(chain: Sequence[LayerGeometry]) -> tuple[int, int]:
     """The smallest (H, W) that every layer of a chain can take.
 
-    >>> from torch import nn
-    >>> min_input_size(module_chain([("pool", nn.MaxPool2d(2)), ("conv", nn.Conv2d(1, 1, 3))]))
-    (6, 6)
+    Examples:
+        >>> from torch import nn
+        >>> min_input_size(module_chain([("pool", nn.MaxPool2d(2)), ("conv", nn.Conv2d(1, 1, 3))]))
+        (6, 6)
     """
     return (_min_axis_input(chain, 0), _min_axis_input(chain, 1))
 
@@ -334,10 +338,11 @@ class ReceptiveField:
 def receptive_fields(chain: Sequence[LayerGeometry]) -> list[ReceptiveField]:
     """Receptive field, jump and start after every layer of a chain of convs and pools.
 
-    >>> from torch import nn
-    >>> fields = receptive_fields(module_chain([("c1", nn.Conv2d(1, 1, 3)), ("c2", nn.Conv2d(1, 1, 3))]))
-    >>> tuple(r.size[0] for r in fields)
-    (3, 5)
+    Examples:
+        >>> from torch import nn
+        >>> fields = receptive_fields(module_chain([("c1", nn.Conv2d(1, 1, 3)), ("c2", nn.Conv2d(1, 1, 3))]))
+        >>> tuple(r.size[0] for r in fields)
+        (3, 5)
     """
     size, jump, start = [1, 1], [1, 1], [0.0, 0.0]
     out = []
@@ -368,8 +373,9 @@ def misfit(chain: Sequence[LayerGeometry], size: int, axis: int = 0) -> tuple[st
     no stride drops one. An unpadded U-Net needs this of every 2x2 max pool (an even input),
     or its cropped skip connections would not line up. None if every layer fits.
 
-    >>> misfit(unet_chain(4), 570)
-    ('down.2.pool', 279)
+    Examples:
+        >>> misfit(unet_chain(4), 570)
+        ('down.2.pool', 279)
     """
     n = size
     for layer in chain:
@@ -386,10 +392,11 @@ def nearest_valid_sizes(chain: Sequence[LayerGeometry], size: int, axis: int = 0
     None where there is none (below the smallest valid size). The valid sizes of a chain
     repeat with the product of its strides, so one period up and down is searched.
 
-    >>> nearest_valid_sizes(unet_chain(4), 570)  # the paper's U-Net takes 188 + 16k
-    (556, 572)
-    >>> nearest_valid_sizes(unet_chain(4), 100)
-    (None, 188)
+    Examples:
+        >>> nearest_valid_sizes(unet_chain(4), 570)  # the paper's U-Net takes 188 + 16k
+        (556, 572)
+        >>> nearest_valid_sizes(unet_chain(4), 100)
+        (None, 188)
     """
     period = math.prod(g.stride[axis] for g in chain)
     below = next((n for n in range(size, max(size - period, 0), -1) if misfit(chain, n, axis) is None), None)
@@ -401,10 +408,11 @@ def nearest_valid_sizes(chain: Sequence[LayerGeometry], size: int, axis: int = 0
 def nearest_multiples(size: int, multiple: int, minimum: int = 1) -> tuple[int | None, int]:
     """The nearest multiples of `multiple` at or below and at or above `size`, from `minimum` on.
 
-    >>> nearest_multiples(100, 32)
-    (96, 128)
-    >>> nearest_multiples(20, 32, minimum=32)
-    (None, 32)
+    Examples:
+        >>> nearest_multiples(100, 32)
+        (96, 128)
+        >>> nearest_multiples(20, 32, minimum=32)
+        (None, 32)
     """
     below = size // multiple * multiple
     above = max(-(-size // multiple), -(-minimum // multiple)) * multiple
@@ -441,10 +449,11 @@ def unet_output_size(size: int, depth: int = 4, num_convs: int = 2, kernel: int 
     For the paper's network (unpadded 3x3 convs, depth 4) the valid inputs are 188 + 16k and
     the output is the input less 184: each level loses 4 pixels per conv pair at its own scale.
 
-    >>> unet_output_size(572)
-    388
-    >>> unet_output_size(256, padding=1)
-    256
+    Examples:
+        >>> unet_output_size(572)
+        388
+        >>> unet_output_size(256, padding=1)
+        256
     """
     chain = unet_chain(depth, num_convs, kernel, padding)
     bad = misfit(chain, size)

@@ -6,6 +6,7 @@ input and the same settings; after a warm-up they run alternately (ours, theirs,
 median step time of each and the ratio ours / theirs (below 1: we are faster).
 
 Modes:
+
 - ``infer``: one forward pass in eval mode under ``torch.inference_mode``.
 - ``train``: zero_grad, forward, cross-entropy on every output (aux heads included),
   backward and an SGD step.

@@ -1,6 +1,7 @@
 """Fast inference: `optimize_for_inference(model)`.
 
 What it does, in order:
+
 1. eval mode, gradients off;
 2. every batch norm that directly follows a conv in a `nn.Sequential` (every
    `ConvNormAct` in zoo) is folded into that conv (torch's `fuse_conv_bn_eval`), so
@@ -61,12 +62,13 @@ def optimize_for_inference(
 ) -> InferenceModel:
     """An eval-only copy of `model` with batch norms folded, channels_last and optionally bf16.
 
-    >>> import zoo, torch
-    >>> model = zoo.create("resnet18").eval()
-    >>> fast = optimize_for_inference(model)
-    >>> x = torch.randn(1, 3, 64, 64)
-    >>> bool((fast(x) - model(x)).abs().max() < 1e-3)
-    True
+    Examples:
+        >>> import zoo, torch
+        >>> model = zoo.create("resnet18").eval()
+        >>> fast = optimize_for_inference(model)
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> bool((fast(x) - model(x)).abs().max() < 1e-3)
+        True
     """
     if not inplace:
         model = copy.deepcopy(model)

@@ -1,6 +1,6 @@
 """The model registry: a table of named variants per family, and `create()`.
 
-A family registers all its variants with one decorator on its model class::
+A family registers all its variants with one decorator on its model class:
 
     @register_model(family="vgg", paper=PAPER, input_size=(3, 224, 224), ...,
                     variants={"vgg16": Variant(VGGConfig(_D), num_params=138_357_544)})
@@ -235,9 +235,10 @@ def create(name: str, *, weights: str | Path | None = None, **overrides: Any) ->
     the classifier, which starts fresh; an `in_channels` other than 3 adapts the first conv.
     The model's ``pretrained_cfg`` then says how to preprocess images for the weights.
 
-    >>> m = create("lenet5", num_classes=10)
-    >>> m.num_classes
-    10
+    Examples:
+        >>> m = create("lenet5", num_classes=10)
+        >>> m.num_classes
+        10
 
     Raises:
         UnknownModelError: the name is not registered (the message names the closest ones).
@@ -288,8 +289,9 @@ def _natural_key(name: str) -> list[Any]:
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Registered names matching a shell-style `pattern` (and `task`), in natural order.
 
-    >>> list_models("vgg1[16]")
-    ['vgg11', 'vgg16']
+    Examples:
+        >>> list_models("vgg1[16]")
+        ['vgg11', 'vgg16']
     """
     if not isinstance(pattern, str):
         raise InvalidArgumentError(f"a model name pattern must be a string such as 'vgg*', got {pattern!r}")

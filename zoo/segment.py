@@ -19,10 +19,11 @@ segmenter:
   (default: an eighth of the tile). Without ``tile`` such a network runs on the whole image
   at once, mirrored up to the next valid size and cropped back, as ``pad_input=True`` does.
 
->>> import torch, zoo
->>> model = zoo.create("unet", width=4).eval()   # the paper's arithmetic, few filters
->>> zoo.segment(model, torch.rand(1, 100, 120), tile=220).shape
-torch.Size([2, 100, 120])
+Examples:
+    >>> import torch, zoo
+    >>> model = zoo.create("unet", width=4).eval()   # the paper's arithmetic, few filters
+    >>> zoo.segment(model, torch.rand(1, 100, 120), tile=220).shape
+    torch.Size([2, 100, 120])
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def tile_plan(length: int, tile: int, output: int, *, margin: int = 0, grid: int
     U-Net loses ``(tile - output) / 2`` at each side); `margin` output pixels are dropped at
     each side of every tile; the step between tiles is a multiple of `grid` where it can be.
 
-    >>> plan = tile_plan(512, 572, 388, grid=16)  # the paper's tile on a 512-pixel slice
-    >>> plan.before, plan.after, [(s.start, s.out, s.length) for s in plan.spans]
-    (92, 352, [(0, 0, 384), (384, 384, 128)])
+    Examples:
+        >>> plan = tile_plan(512, 572, 388, grid=16)  # the paper's tile on a 512-pixel slice
+        >>> plan.before, plan.after, [(s.start, s.out, s.length) for s in plan.spans]
+        (92, 352, [(0, 0, 384), (384, 384, 128)])
     """
     for value, name in ((length, "length"), (tile, "tile"), (output, "output"), (grid, "grid")):
         check_int(value, name, "tile_plan")

@@ -45,9 +45,10 @@ What is counted, and how (the definitions the columns of `zoo compare` use):
   ``ceil(kernel / stride) - 1`` input positions.
 - **Minimum input**: ``model.min_input_size``.
 
->>> stats = analyze("resnet50")
->>> round(stats.gmacs, 3), stats.params, stats.output_stride
-(4.089, 25557032, (32, 32))
+Examples:
+    >>> stats = analyze("resnet50")
+    >>> round(stats.gmacs, 3), stats.params, stats.output_stride
+    (4.089, 25557032, (32, 32))
 """
 
 from zoo.analysis.counting import _fast, _macs  # noqa: F401  (the tests check them directly)

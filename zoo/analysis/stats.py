@@ -110,8 +110,9 @@ class Summary:
 def parse_input_size(text: str | int | Sequence[int], channels: int | None = None) -> tuple[int | None, int, int]:
     """``"224"``, ``"224x192"`` (H x W) or ``"3x224x224"`` (C x H x W) -> (C or `channels`, H, W).
 
-    >>> parse_input_size("3x224x224"), parse_input_size(32, channels=1)
-    ((3, 224, 224), (1, 32, 32))
+    Examples:
+        >>> parse_input_size("3x224x224"), parse_input_size(32, channels=1)
+        ((3, 224, 224), (1, 32, 32))
     """
     if isinstance(text, int):
         parts: list[Any] = [text]

@@ -40,9 +40,10 @@ def compare(
     that cannot take the input stays in the list with `error` saying why. `sort` is one of
     `SORT_KEYS` (ascending; rows without the value last). Render with `render`.
 
-    >>> rows = compare(["alexnet", "lenet5"], input_size=224)
-    >>> print(", ".join(f"{r.name}: {'ok' if r.error is None else 'cannot'}" for r in rows))
-    alexnet: ok, lenet5: cannot
+    Examples:
+        >>> rows = compare(["alexnet", "lenet5"], input_size=224)
+        >>> print(", ".join(f"{r.name}: {'ok' if r.error is None else 'cannot'}" for r in rows))
+        alexnet: ok, lenet5: cannot
     """
     if isinstance(names, str):
         names = [names]

@@ -1,7 +1,7 @@
 """Import weights from torchvision and timm, strictly, and read weight files safely.
 
 Each family says how its modules correspond to the reference library's with a key
-map, a method on the model class next to the layout it describes::
+map, a method on the model class next to the layout it describes:
 
     def torchvision_key_map(self) -> dict[str, str]:
         return {"stages.0.0.conv": "features.0", ..., "fc": "classifier.6"}

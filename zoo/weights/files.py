@@ -54,10 +54,11 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
 def save_file(weights: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:
     """Write a model's (or a state dict's) tensors to `path`: safetensors for ``.safetensors``, else torch.save.
 
-    >>> import tempfile, zoo
-    >>> path = save_file(zoo.create("lenet5"), Path(tempfile.mkdtemp()) / "lenet5.safetensors")
-    >>> print(", ".join(sorted(load_file(path))[:2]))
-    fc.bias, fc.weight
+    Examples:
+        >>> import tempfile, zoo
+        >>> path = save_file(zoo.create("lenet5"), Path(tempfile.mkdtemp()) / "lenet5.safetensors")
+        >>> print(", ".join(sorted(load_file(path))[:2]))
+        fc.bias, fc.weight
     """
     path = Path(path)
     if not path.parent.is_dir():

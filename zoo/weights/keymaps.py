@@ -126,8 +126,9 @@ def convert_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], sourc
 def import_weights(model: nn.Module, source_weights: Mapping[str, Tensor] | nn.Module, source: str = "torchvision"):
     """Load a torchvision or timm model (or its state dict) into the matching zoo model; returns the model.
 
-    >>> import torchvision, zoo
-    >>> ours = import_weights(zoo.create("alexnet"), torchvision.models.alexnet())
+    Examples:
+        >>> import torchvision, zoo
+        >>> ours = import_weights(zoo.create("alexnet"), torchvision.models.alexnet())
     """
     state_dict = source_weights.state_dict() if isinstance(source_weights, nn.Module) else source_weights
     model.load_state_dict(convert_state_dict(model, state_dict, source), strict=True)

@@ -196,10 +196,11 @@ SOURCE_LOADERS = {"torchvision": _torchvision, "timm": _timm, "zoo": _zoo}
 def parse_weights(weights: object) -> tuple[str, str | None]:
     """``(source, tag)`` of a `weights` argument; `tag` is the URL or the path for ``"url"`` and ``"file"``.
 
-    >>> parse_weights("torchvision:IMAGENET1K_V2")
-    ('torchvision', 'IMAGENET1K_V2')
-    >>> parse_weights("timm")
-    ('timm', None)
+    Examples:
+        >>> parse_weights("torchvision:IMAGENET1K_V2")
+        ('torchvision', 'IMAGENET1K_V2')
+        >>> parse_weights("timm")
+        ('timm', None)
     """
     if isinstance(weights, os.PathLike):
         return "file", os.fspath(weights)
