@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +60,7 @@ def _conv(
     bias: bool,
     padding_mode: str,
 ) -> nn.Conv2d:
-    """The checked convolution of `ConvNormAct` and `NormActConv` ("same" padding when `padding` is None)."""
+    """The checked convolution of `ConvNormAct` ("same" padding when `padding` is None)."""
     check_int(in_channels, "in_channels", owner)
     check_int(out_channels, "out_channels", owner)
     check_int(groups, "groups", owner)
@@ -109,7 +110,7 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         super().__init__()
         self.conv = _conv(
-            "ConvNormAct",
+            type(self).__name__,
             in_channels,
             out_channels,
             kernel_size,
@@ -126,43 +127,27 @@ class ConvNormAct(nn.Sequential):
             self.act = make_act(act_layer)
 
 
-class NormActConv(nn.Sequential):
-    """The pre-activation form: normalisation, then activation, then convolution; children ``norm``, ``act``, ``conv``.
+class NormActConv(ConvNormAct):
+    """The pre-activation form of `ConvNormAct`: normalisation, activation, then the convolution.
 
-    The order of He et al.'s "Identity Mappings in Deep Residual Networks" (2016) and of
-    DenseNet's layers. The arguments are `ConvNormAct`'s; the norm layer normalises the
-    `in_channels` it receives, and the conv has a bias only when asked (`bias=True`), since
-    what follows it (the next block's norm, or the residual sum) does not need one.
+    Children ``norm``, ``act``, ``conv``, in the order of He et al.'s "Identity Mappings in
+    Deep Residual Networks" (2016) and of DenseNet's layers. The arguments are `ConvNormAct`'s;
+    the norm layer normalises the `in_channels` it receives, and the conv has a bias only when
+    asked (``bias=True``): what follows it (the next norm, or the residual sum) needs none.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int] = 3,
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | None = None,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        *,
+        *args: Any,
         bias: bool = False,
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
-        padding_mode: str = "zeros",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        conv = _conv(
-            "NormActConv",
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            groups,
-            bias=bias,
-            padding_mode=padding_mode,
-        )
+        super().__init__(in_channels, out_channels, *args, bias=bias, norm_layer=None, act_layer=None, **kwargs)
+        conv = self._modules.pop("conv")  # re-registered last: an nn.Sequential runs its children in order
         if norm_layer is not None:
             self.norm = norm_layer(in_channels)
         if act_layer is not None:

@@ -214,13 +214,15 @@ class ZooNetwork(nn.Module):
                     f"resize or pad the input, or create it with input_size={h}"
                 )
             return
+        self._check_min_size(h, w, "resize or pad the input")
+
+    def _check_min_size(self, h: int, w: int, advice: str) -> None:
+        """The one message for an input below `min_input_size`: where the map collapses, then `advice`."""
         mh, mw = self.min_input_size
         if h < mh or w < mw:
             where = collapse_point(self.spatial_chain(), (h, w))
             at = f": the feature map collapses at {where[0]}" if where else ""
-            raise InputShapeError(
-                f"{name} needs an input of at least {mh}x{mw}, got {h}x{w}{at}; resize or pad the input"
-            )
+            raise InputShapeError(f"{self.model_name} needs an input of at least {mh}x{mw}, got {h}x{w}{at}; {advice}")
 
 
 class ZooClassifier(ZooNetwork):
@@ -392,13 +394,7 @@ class ZooSegmenter(ZooNetwork):
             "or create the model with pad_input=True"
         )
         mh, mw = self.min_input_size
-        if h < mh or w < mw:
-            where = collapse_point(self.spatial_chain(), (h, w))
-            at = f": the feature map collapses at {where[0]}" if where else ""
-            raise InputShapeError(
-                f"{name} needs an input of at least {mh}x{mw}, got {h}x{w}{at}; valid sizes are "
-                f"{self.valid_sizes_rule()}, the smallest {mh}x{mw}; {fix}"
-            )
+        self._check_min_size(h, w, f"valid sizes are {self.valid_sizes_rule()}, the smallest {mh}x{mw}; {fix}")
         for axis, size, what in ((0, h, "height"), (1, w, "width")):
             below, above = self.nearest_valid_sizes(size, axis)
             if below != size:
