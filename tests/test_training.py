@@ -22,6 +22,7 @@ pytest.importorskip("jsonargparse")
 
 from zoo.errors import DatasetNotFoundError
 from zoo.training import (
+    CIFAR10DataModule,
     DigitsDataModule,
     ImageFolderDataModule,
     ISBI2012DataModule,
@@ -88,6 +89,15 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     info = tarfile.TarInfo(f"tiny/{split}/{name}/{i:04d}.jpg")
                     info.size = len(data)
                     tf.addfile(info, io.BytesIO(data))
+    # an ImageFolder copy of CIFAR-10 (its ten class folders), read by CIFAR10DataModule
+    with tarfile.open(root / "cifar10-tiny.tar.gz", "w:gz") as tf:
+        for split, n in (("train", 2), ("test", 1)):
+            for cls, name in enumerate(CIFAR10DataModule.classes):
+                for i in range(n):
+                    data = _jpeg(_class_image(cls, gen))
+                    info = tarfile.TarInfo(f"cifar10/{split}/{name}/{i}.jpg")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
     # ... and as a folder of PNGs with train/ and val/
     for split, n in (("train", 6), ("val", 2)):
         for cls, name in enumerate(("a", "b", "c")):
@@ -116,6 +126,7 @@ def _recipe_overrides(recipe: Path, data: Path) -> list[str]:
         "DigitsDataModule": [],
         "MNISTDataModule": ["--data.root", str(data), "--data.val_size", "16"],
         "ImageFolderDataModule": ["--data.root", str(data / "tiny-jpg.tar.gz"), "--data.val_size", "6"],
+        "CIFAR10DataModule": ["--data.root", str(data / "cifar10-tiny.tar.gz"), "--data.val_size", "5"],
         "ISBI2012DataModule": ["--data.root", str(data / "isbi2012")],
     }[data_class]
     if config["data"].get("init_args", {}).get("mode") == "photo":  # a folder (photo mode reads no .tar), small
