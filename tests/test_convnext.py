@@ -193,12 +193,12 @@ def test_min_input_size():
 def test_drop_path_grows_linearly():
     model = small(drop_path_rate=0.4, num_classes=10)
     blocks = [m for m in model.modules() if isinstance(m, ConvNeXtBlock)]
-    rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in blocks]
+    rates = [getattr(b.drop_path, "p", 0.0) for b in blocks]
     assert rates == pytest.approx(torch.linspace(0, 0.4, 7).tolist())
     assert isinstance(blocks[0].drop_path, nn.Identity)  # the first block's rate is 0
     with torch.device("meta"):
         tiny = zoo.create("convnext_tiny", drop_path_rate=0.1)
-    assert tiny.stages[3].blocks[2].drop_path.drop_prob == pytest.approx(0.1)
+    assert tiny.stages[3].blocks[2].drop_path.p == pytest.approx(0.1)
     x = torch.randn(8, 3, 32, 32)
     model.eval()
     with torch.no_grad():

@@ -144,3 +144,18 @@ def test_gated_conv_is_feature_times_sigmoid_gate():
     # a gate driven far negative closes the output
     nn.init.constant_(g.gate.bias, -1e4)
     assert g(x).abs().max() == 0
+
+
+def test_stochastic_depth_drops_whole_samples_and_rescales_the_rest():
+    """Per sample: all zeros or the input / (1 - rate), in training only; Identity at rate 0."""
+    from zoo.layers import stochastic_depth
+
+    assert isinstance(stochastic_depth(0.0), nn.Identity)
+    layer = stochastic_depth(0.5).train()
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 4, 4) + 0.1
+    y = layer(x)
+    dropped = (y == 0).flatten(1).all(1)
+    kept = torch.isclose(y, x / 0.5).flatten(1).all(1)
+    assert bool((dropped ^ kept).all()) and 10 < int(dropped.sum()) < 54
+    assert torch.equal(layer.eval()(x), x)

@@ -174,7 +174,7 @@ def test_drop_path_and_drop_rate():
     torch.manual_seed(0)
     plain = zoo.create("resnet20")
     dropped = zoo.create("resnet20", drop_path_rate=0.2, drop_rate=0.3)
-    rates = [b.drop_path.drop_prob if b.drop_path else 0.0 for b in dropped.modules() if isinstance(b, BasicBlock)]
+    rates = [getattr(b.drop_path, "p", 0.0) for b in dropped.modules() if isinstance(b, BasicBlock)]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
     assert dropped.head_drop.p == 0.3
     dropped.load_state_dict(plain.state_dict())

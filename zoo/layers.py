@@ -155,6 +155,20 @@ class NormActConv(ConvNormAct):
         self.conv = conv
 
 
+def stochastic_depth(rate: float) -> nn.Module:
+    """Stochastic depth (Huang et al. 2016): drop a residual branch per sample with probability `rate`
+    while training, scaling the kept ones by 1 / (1 - rate); Identity for rate 0.
+
+    torchvision's `StochasticDepth` ("row" mode: per sample) does exactly this, as timm's DropPath
+    does; torchvision's is used since it needs no timm import.
+    """
+    if rate <= 0:
+        return nn.Identity()
+    from torchvision.ops import StochasticDepth  # lazily: `import zoo` imports torch only
+
+    return StochasticDepth(rate, "row")
+
+
 class GatedConv2d(nn.Module):
     """Gated convolution (Yu et al. 2019): ``act(feature(x)) * sigmoid(gate(x))``.
 

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError
-from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act, stochastic_depth
 from zoo.models.base import WeightInit, ZooClassifier, trunc_normal
 from zoo.registry import Paper, Variant, register_model
 from zoo.weights import Reshape
@@ -114,12 +114,7 @@ class ConvNeXtBlock(nn.Module):
             self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale_init_value)))
         else:
             self.register_parameter("layer_scale", None)
-        if drop_path > 0:
-            from timm.layers import DropPath  # lazily: `import zoo` imports torch only
-
-            self.drop_path = DropPath(drop_path)
-        else:
-            self.drop_path = nn.Identity()
+        self.drop_path = stochastic_depth(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from zoo.arithmetic import LayerGeometry, module_chain
 from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError, WeightsError
-from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act, stochastic_depth
 from zoo.models.base import WeightInit, ZooClassifier, he_normal
 from zoo.registry import Paper, Variant, register_model
 
@@ -125,26 +125,17 @@ class _ResidualBlock(nn.Module):
     expansion: int
     num_convs: int
     downsample: nn.Module | None
-    drop_path: nn.Module | None
+    drop_path: nn.Module
     act: nn.Module
 
     def _finish(self, out: Tensor, x: Tensor) -> Tensor:
-        if self.drop_path is not None:
-            out = self.drop_path(out)
+        out = self.drop_path(out)  # Identity without stochastic depth
         out += x if self.downsample is None else self.downsample(x)  # in place: no extra copy
         return self.act(out)
 
     def last_norm(self) -> nn.Module | None:
         """The norm layer right before the addition (zeroed by ``zero_init_residual``)."""
         return getattr(getattr(self, f"conv{self.num_convs}"), "norm", None)
-
-
-def _drop_path(rate: float) -> nn.Module | None:
-    if rate <= 0:
-        return None
-    from timm.layers import DropPath  # lazily: `import zoo` imports torch only
-
-    return DropPath(rate)
 
 
 class BasicBlock(_ResidualBlock):
@@ -185,7 +176,7 @@ class BasicBlock(_ResidualBlock):
         self.conv1 = ConvNormAct(in_channels, planes, 3, stride, norm_layer=norm_layer, act_layer=act_layer)
         self.conv2 = ConvNormAct(planes, planes, 3, norm_layer=norm_layer, act_layer=None)
         self.downsample = _shortcut(in_channels, planes, stride, shortcut, norm_layer)
-        self.drop_path = _drop_path(drop_path_rate)
+        self.drop_path = stochastic_depth(drop_path_rate)
         self.act = make_act(act_layer)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -230,7 +221,7 @@ class Bottleneck(_ResidualBlock):
         self.conv2 = ConvNormAct(width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
         self.conv3 = ConvNormAct(width, out_channels, 1, norm_layer=norm_layer, act_layer=None)
         self.downsample = _shortcut(in_channels, out_channels, stride, shortcut, norm_layer)
-        self.drop_path = _drop_path(drop_path_rate)
+        self.drop_path = stochastic_depth(drop_path_rate)
         self.act = make_act(act_layer)
 
     def forward(self, x: Tensor) -> Tensor:
