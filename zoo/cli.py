@@ -16,6 +16,8 @@ import sys
 
 from zoo.errors import InvalidArgumentError, ZooError
 
+DEFAULT_OPSET = 17  # zoo.deploy.DEFAULT_OPSET (not imported here: `zoo --help` stays fast)
+
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from zoo.registry import list_models, model_info
@@ -103,6 +105,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.output and args.output.endswith(".onnx"):
+        from zoo.deploy import export_run
+
+        path = export_run(
+            args.checkpoint,
+            args.output,
+            model=args.model,
+            input_size=args.input,
+            dynamic_batch=args.dynamic_batch,
+            dynamic_size=args.dynamic_size,
+            opset=args.opset,
+        )
+        print(f"wrote {path}; run it with onnxruntime, or zoo predict --ckpt_path {path} --data.predict_root IMAGES")
+        return 0
+    onnx_only = {
+        "--model": args.model,
+        "--input": args.input,
+        "--dynamic-batch": args.dynamic_batch,
+        "--dynamic-size": args.dynamic_size,
+        "--opset": args.opset != DEFAULT_OPSET,
+    }
+    given = [flag for flag, value in onnx_only.items() if value]
+    if given:
+        raise InvalidArgumentError(f"{given[0]} is for an ONNX export: give an output file ending in .onnx")
     from zoo.weights import export_weights
 
     path = export_weights(args.checkpoint, args.output, name=args.name)
@@ -165,10 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("export", help="write a run's network weights as safetensors, with a JSON card beside them")
+    p = sub.add_parser("export", help="write a run's network as safetensors with a JSON card, or as ONNX (OUT.onnx)")
     p.add_argument("checkpoint", help="a `zoo fit` run folder, checkpoint (.ckpt) or weights file")
-    p.add_argument("output", nargs="?", help="OUT.safetensors (or OUT.pt); with --name, a folder (default: here)")
+    p.add_argument(
+        "output", nargs="?", help="OUT.safetensors (or OUT.pt; with --name, a folder), or OUT.onnx for ONNX Runtime"
+    )
     p.add_argument("--name", help="write NAME.safetensors and NAME.json (model, recipe, data, metrics, sha256)")
+    p.add_argument("--model", help="ONNX: the model the weights are for (when the file does not say)")
+    p.add_argument("--input", help="ONNX: input size S, HxW or CxHxW (default: the run's, else the model card's)")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size at run time")
+    p.add_argument("--dynamic-size", action="store_true", help="ONNX: any valid height and width (where possible)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.set_defaults(func=_cmd_export)
     return parser
 
@@ -176,8 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
+def _onnx_file(argv: list[str]) -> bool:
+    """Whether ``zoo predict``'s --ckpt_path is an exported .onnx file (zoo.deploy runs it, not LightningCLI)."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--ckpt_path" and i + 1 < len(argv) else arg.partition("=")[2]
+        if (arg == "--ckpt_path" or arg.startswith("--ckpt_path=")) and value.endswith(".onnx"):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "predict" and _onnx_file(argv):  # an exported file needs no training stack
+        from zoo.deploy import predict_main
+
+        debug = "--debug" in argv
+        try:
+            return predict_main([a for a in argv[1:] if a != "--debug"])
+        except ZooError as e:
+            if debug:
+                raise
+            print(f"zoo: error: {e}", file=sys.stderr)
+            return 2
     if argv and argv[0] in TRAINING_COMMANDS:  # LightningCLI parses these (imported only here)
         from zoo.training.cli import main as training_main
 

@@ -1,0 +1,221 @@
+"""ONNX export (`zoo.deploy`), checked in ONNX Runtime for every registered model.
+
+Each model is exported at its smallest valid input with a dynamic batch (and a dynamic
+height and width where `dynamic_size_problem` allows them), checked by `onnx.checker`, and
+run in ONNX Runtime: the logits equal PyTorch's within 1e-5 + 1e-4 of the logits' scale
+(fp32; the graph only reorders float arithmetic: batch norms folded, pools as matrix
+products), at that size with batch 1 and, for dynamic graphs, at a second valid size
+(not square) with batch 2. Random weights, so the check sees every parameter.
+
+The models over 100M parameters (VGG, ConvNeXt-L/XL) skip zoo's random initialisation and
+take a quick seeded uniform fill instead: their size is in the bytes, not the graph.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from zoo.errors import ConfigurationError, InputShapeError
+from zoo.models.base import ZooSegmenter
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+
+from zoo.deploy import OnnxModel, dynamic_size_problem, export_onnx, export_run, predict_onnx, tolerance  # noqa: E402
+
+LARGE = 100_000_000
+
+
+def _build(name: str, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if zoo.model_info(name).num_params < LARGE:
+        return zoo.create(name).eval()
+    with monkeypatch.context() as m:  # zoo's initialisation takes seconds at this size; any random values do
+        for init in ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_"):
+            m.setattr(torch.nn.init, init, lambda tensor, *args, **kwargs: tensor)
+        model = zoo.create(name).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-1, 1, generator=gen).mul_(1 / max(p[0].numel(), 1) ** 0.5)  # fan-in scaled
+    return model
+
+
+def _second_size(model: torch.nn.Module, h: int) -> int:
+    """A valid height above `h`: the next valid size of a segmenter, else h + 16."""
+    if isinstance(model, ZooSegmenter):
+        return model.nearest_valid_sizes(h + 1, 0)[1]
+    return h + 16
+
+
+def _check(model: torch.nn.Module, session: OnnxModel, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected = model(x)
+    got = session(x)
+    assert got.shape == expected.shape
+    diff = float((got - expected).abs().max())
+    assert diff <= tolerance(expected), f"max |ORT - torch| {diff:.2e} at input {tuple(x.shape)}"
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_model_exports_and_matches_in_onnxruntime(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _build(name, monkeypatch)
+    c = model.in_channels
+    h, w = model.min_input_size
+    dynamic = dynamic_size_problem(model) is None
+    path = export_onnx(model, tmp_path / f"{name}.onnx", input_size=(c, h, w), dynamic_batch=True, dynamic_size=dynamic)
+    try:
+        onnx.checker.check_model(str(path))
+        graph = onnx.load(str(path), load_external_data=False)
+        # batch norms are folded into the convolutions (the exporter's eval pass): none is left to run
+        assert not [n.name for n in graph.graph.node if n.op_type == "BatchNormalization"]
+        meta = {p.key: p.value for p in graph.metadata_props}
+        assert meta["model"] == name and meta["input_size"] == f"{c}x{h}x{w}"
+        assert meta["dynamic_size"] == ("true" if dynamic else "false")
+        session = OnnxModel(path, threads=1)
+        assert session.batch_size is None
+        gen = torch.Generator().manual_seed(1)
+        _check(model, session, torch.randn(1, c, h, w, generator=gen))
+        if dynamic:
+            h2 = _second_size(model, h)
+            _check(model, session, torch.randn(2, c, h2, w, generator=gen))
+    finally:
+        path.unlink()
+
+
+def test_dynamic_size_is_refused_where_the_graph_depends_on_the_size(tmp_path: Path) -> None:
+    for name, why in (("lenet5", "takes exactly 32x32"), ("vgg11", "pools to a 7x7 grid")):
+        with pytest.raises(ConfigurationError, match=why):
+            export_onnx(zoo.create(name), tmp_path / "x.onnx", input_size=64, dynamic_size=True)
+    assert dynamic_size_problem(zoo.create("unet_padded", pad_input=True)) is not None
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_impossible_input_size_is_the_models_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unet = zoo.create("unet")
+    expected = r"cannot take an input height of 200.*nearest valid heights: 188 and 204"
+    with pytest.raises(InputShapeError, match=expected):
+        export_onnx(unet, tmp_path / "unet.onnx", input_size="1x200x188")
+    with pytest.raises(InputShapeError, match="needs an input of at least 32x32"):
+        export_onnx("convnext_tiny", tmp_path / "c.onnx", input_size=16)
+    with pytest.raises(InputShapeError, match="takes 3 input channel"):
+        export_onnx("resnet18", tmp_path / "r.onnx", input_size="1x64x64")
+    assert not list(tmp_path.iterdir())
+    # the command line, from a weights file: one line, exit status 2, no traceback
+    from zoo.cli import main
+    from zoo.weights import save_file
+
+    weights = save_file(zoo.create("lenet5"), tmp_path / "lenet5.safetensors")
+    assert main(["export", str(weights), str(tmp_path / "l.onnx"), "--model", "lenet5", "--input", "28"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("zoo: error: lenet5 takes exactly 32x32 inputs"), err
+    assert not (tmp_path / "l.onnx").exists()
+
+
+def test_an_adaptive_pool_exports_at_any_fixed_size(tmp_path: Path) -> None:
+    # AlexNet at 100x80: its 6x6 pool reads a 2x1 map (windows that overlap; no ONNX operator for them)
+    torch.manual_seed(0)
+    alexnet = zoo.create("alexnet").eval()
+    path = export_onnx(alexnet, tmp_path / "a.onnx", input_size="3x100x80")
+    _check(alexnet, OnnxModel(path), torch.randn(1, 3, 100, 80))
+    assert OnnxModel(path).batch_size == 1 and OnnxModel(path).input_shape == [1, 3, 100, 80]
+
+
+# --------------------------------------------------------------------------- a trained run: export and predict
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """LeNet-5 trained for 2 epochs on the digits as PNG files (ImageFolderDataModule), and the test digits."""
+    pytest.importorskip("lightning")
+    from PIL import Image
+
+    from zoo.training import DigitsDataModule
+    from zoo.training.cli import main
+
+    root = tmp_path_factory.mktemp("digits")
+    splits = DigitsDataModule().load()
+    for split in ("train", "test"):
+        x, y = splits[split]
+        for i, (image, target) in enumerate(zip(x, y.tolist(), strict=True)):
+            folder = root / "images" / split / str(target)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+    cwd = root / "cwd"
+    cwd.mkdir()
+    args = ["fit", "--model", "zoo.training.ClassificationTask", "--model.model", "lenet5"]
+    args += ["--data", "zoo.training.ImageFolderDataModule", "--data.root", str(root / "images")]
+    args += ["--data.grayscale", "true", "--data.cache_dir", str(root / "cache"), "--data.batch_size", "64"]
+    args += ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.enable_model_summary", "false", "--test_after_fit", "false"]
+    old, err = os.getcwd(), io.StringIO()
+    os.chdir(cwd)
+    try:
+        with redirect_stderr(err):
+            code = main(args)
+    finally:
+        os.chdir(old)
+    assert code == 0, err.getvalue()
+    run = next((cwd / "runs").glob("*/version_0"))
+    return run, root / "images" / "test"
+
+
+def test_predict_with_the_onnx_file_gives_the_checkpoints_labels(
+    digits_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from zoo.cli import main
+
+    run, test_images = digits_run
+    out = tmp_path / "lenet5.onnx"
+    assert main(["export", str(run), str(out), "--dynamic-batch"]) == 0
+    meta = OnnxModel(out).metadata
+    assert meta["model"] == "lenet5" and meta["classes"] == [str(i) for i in range(10)]
+    assert meta["preprocessing"]["mode"] == "memory" and meta["preprocessing"]["grayscale"] is True
+    assert len(meta["mean"]) == 1 and meta["input_size"] == "1x32x32"
+
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert main(["predict", "--ckpt_path", str(ckpt), "--data.predict_root", str(test_images)]) == 0
+    assert main(["predict", "--ckpt_path", str(out), "--data.predict_root", str(test_images)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "predictions for 360 images" in err
+
+    def rows(path: Path) -> list[dict[str, str]]:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    from_ckpt, from_onnx = rows(run / "predictions.csv"), rows(tmp_path / "predictions.csv")
+    assert len(from_onnx) == 360 and list(from_onnx[0]) == list(from_ckpt[0])
+    assert [r["path"] for r in from_onnx] == [r["path"] for r in from_ckpt]
+    assert [r["class"] for r in from_onnx] == [r["class"] for r in from_ckpt]
+    for a, b in zip(from_onnx, from_ckpt, strict=True):
+        assert abs(float(a["confidence"]) - float(b["confidence"])) < 1e-4
+    # trained for real: the labels are mostly the folders' (the true digits)
+    right = sum(Path(r["path"]).parent.name == r["class"] for r in from_onnx)
+    assert right > 300, f"{right}/360"
+    # a fixed-batch export predicts the same in pieces
+    fixed = export_run(run, tmp_path / "fixed.onnx")
+    assert OnnxModel(fixed).batch_size == 1
+    assert [r["class"] for r in predict_onnx(fixed, test_images, batch_size=7)] == [r["class"] for r in from_ckpt]
+
+
+def test_predict_on_onnx_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.cli import main
+
+    assert main(["predict", "--ckpt_path", str(tmp_path / "none.onnx"), "--data.predict_root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ONNX file not found" in err
+    unet = export_onnx("unet_resnet18", tmp_path / "u.onnx", input_size=32)
+    assert main(["predict", "--ckpt_path", str(unet), "--data.predict_root", str(tmp_path), "--x", "1"]) == 2
+    assert "not --x" in capsys.readouterr().err
+    assert main(["predict", "--ckpt_path", str(unet), "--data.predict_root", str(tmp_path)]) == 2
+    assert "classifies images" in capsys.readouterr().err
