@@ -89,7 +89,7 @@ def models_markdown() -> str:
     for r in rows:
         card = zoo.model_info(r.name)
         size = "x".join(map(str, r.input_size))
-        family = f"[{TITLES.get(r.family, r.family)}](families/{r.family}.md)"
+        family = f"[{TITLES.get(r.family, r.family).split(' (')[0]}](families/{r.family}.md)"
         lines.append(
             f"| `{r.name}` | {family} | {short_reference(card.paper)} | {size} | {r.params:,} | {_g(r.macs)} |"
         )
@@ -197,7 +197,6 @@ PAGE_COLUMNS = {
     "act. MB": "act. MB",
     "weights MB (fp32 / bf16)": "weights MB fp32 / bf16",
     "RF": "RF",
-    "stride": "stride",
     "min input": "min input",
 }
 
@@ -223,7 +222,8 @@ def compare_csv() -> str:
 def compare_page() -> str:
     table = compare_table(zoo.compare(COMPARED))
     return (
-        generated("`zoo.compare`")
+        "---\nhide: [toc]  # a wide table: the page takes the table of contents' room\n---\n\n"
+        + generated("`zoo.compare`")
         + f"""# Comparing models
 
 `zoo compare` puts models side by side: parameters (split into stem, stages and head),
@@ -248,10 +248,10 @@ columns, for a few models:
 - **GMACs**: multiply-accumulates of the convolutions and matrix products at batch 1
   (FLOPs = 2 x MACs; torchvision's "GFLOPS" are GMACs).
 - **act. MB**: megabytes of the tensors the forward pass writes at batch 1 (fp32).
-- **RF**, **stride**: receptive field and output stride of the last feature map.
+- **RF**: receptive field of the last feature map.
 
 Every registered model with every column (the split of the parameters into stem, stages and
-head, the auxiliary classifiers' parameters, GFLOPs, layers):
+head, the auxiliary classifiers' parameters, GFLOPs, layers, output stride):
 [compare.csv](compare.csv), the output of `zoo compare --all --format csv`.
 
 ![parameters against MACs](img/compare.png)
@@ -322,6 +322,8 @@ def recipes_page() -> str:
             out += [indent + row if row else "" for row in _commands_out_of_table([r.lstrip() for r in table])]
             table = []
         if line.startswith(("- ", "* ")):
+            if in_list and out and out[-1].strip():  # Python-Markdown reads it as the paragraph's text
+                out.append("")
             in_list = True
         elif line.strip() and not line.startswith(" "):
             in_list = False
