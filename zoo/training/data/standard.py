@@ -153,6 +153,7 @@ class TorchvisionDataModule(InMemoryDataModule):
         else:
             url = cls.url
         reason = message.splitlines()[-1] if message else type(error).__name__
+        reason = re.sub(r"^<urlopen error (.*)>$", r"\1", reason)
         return DatasetNotFoundError(
             f"{self.dataset} not found in {self._where()} and could not be downloaded from {url}: {reason}; "
             f"offline, {self._offline_copy()}"
@@ -284,10 +285,8 @@ class CIFAR10DataModule(TorchvisionDataModule):
         return torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()  # torchvision's (N, H, W, C)
 
     def _offline_copy(self) -> str:
-        return (
-            f"{super()._offline_copy()}, or an ImageFolder copy (a folder or .tar.gz of train/<class>/ and "
-            f"test/<class>/, e.g. ../shared/data/cifar10-jpg.tar.gz)"
-        )
+        example = "e.g. ../shared/data/cifar10-jpg.tar.gz"
+        return f"{super()._offline_copy()}, or an ImageFolder copy of train/ and test/ ({example})"
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
