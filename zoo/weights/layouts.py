@@ -30,6 +30,8 @@ def layouts(model: nn.Module) -> dict[str, dict[str, str]]:
             found[source] = get_map()
         except WeightsError:  # a configuration (e.g. stem="cifar") that has left the reference's layout
             continue
+    # older names of a reference's published files (torchvision's DenseNet files: "norm.1")
+    found |= getattr(model, "legacy_layouts", dict)()
     return found
 
 
