@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import re
 import subprocess
 import sys
@@ -28,6 +29,9 @@ def _file(tmp: Path, name: str, data: bytes) -> Path:
     path = tmp / name
     path.write_bytes(data)
     return path
+
+
+EVIL_PICKLE = b"\x80\x04cos\nsystem\n(Vtouch /tmp/zoo-pwned\ntR."  # unpickled, it would run a shell command
 
 
 def _compile_without_compiler(tmp: Path) -> None:
@@ -118,7 +122,7 @@ API_CASES = [
     ("mismatched-keys", "torchvision weights of another variant",
      lambda t: import_weights(zoo.create("resnet34"), torchvision.models.resnet18()), r"do not fit resnet34: .*missing key"),
     ("code-in-checkpoint", "a checkpoint whose unpickling would run code",
-     lambda t: load_file(_file(t, "evil.pt", b"\x80\x04cos\nsystem\n(Vtouch /tmp/zoo-pwned\ntR.")), r"cannot read weights"),
+     lambda t: load_file(_file(t, "evil.pt", EVIL_PICKLE)), r"cannot read weights"),
     ("no-counterpart", "torchvision weights for a model torchvision does not have",
      lambda t: zoo.create("resnet20", weights="torchvision"), r"resnet20 has no torchvision counterpart, so there are no torchvision weights"),
     ("offline-weights", "torchvision weights offline (ZOO_OFFLINE=1) and not in the cache",
@@ -240,6 +244,20 @@ TRAINING_CASES = [
     ("image-folder-unreadable", "an unreadable image",
      lambda t: ["fit", "--config", CIFAR, "--data.root", _image_folder(t, broken=True), "--data.cache_dir", str(t / "c")],
      r"cannot decode image train/cat/broken.png"),
+    ("ckpt-missing", "zoo fit --ckpt_path of a file that does not exist",
+     lambda t: ["fit", "--config", DIGITS, "--ckpt_path", str(t / "missing.ckpt")],
+     r"checkpoint not found: .*missing.ckpt; give a checkpoint written by zoo fit"),
+    ("ckpt-folder", "zoo validate --ckpt_path of a folder", lambda t: ["validate", "--config", DIGITS, "--ckpt_path", str(t)],
+     r"the checkpoint .* is a folder; give"),
+    ("ckpt-corrupt", "zoo test --ckpt_path of random bytes",
+     lambda t: ["test", "--config", DIGITS, "--ckpt_path", str(_file(t, "junk.ckpt", random.Random(0).randbytes(4096)))],
+     r"cannot read the checkpoint .*junk.ckpt: it is corrupt, truncated or not a checkpoint; give"),
+    ("ckpt-code", "zoo test --ckpt_path of a pickle that would run code",
+     lambda t: ["test", "--config", DIGITS, "--ckpt_path", str(_file(t, "evil.ckpt", EVIL_PICKLE))],
+     r"cannot read the checkpoint .*evil.ckpt: it refers to code \(os.system\), which zoo never loads"),
+    ("ckpt-weights-file", "zoo test --ckpt_path of a plain weights file (no Lightning state)",
+     lambda t: ["test", "--config", DIGITS, "--ckpt_path", str(_saved(t, "lenet.pt", "lenet5"))],
+     r"lenet.pt is not a Lightning checkpoint .*model.init_args.weights"),
     ("run-folder-unwritable", "an output folder that cannot be written",
      lambda t: ["fit", "--config", DIGITS, "--trainer.logger.init_args.save_dir", "/proc/zoo-cannot-write"],
      r"cannot write the run folder /proc/zoo-cannot-write"),
@@ -249,7 +267,9 @@ TRAINING_CASES = [
 @pytest.mark.parametrize(("case", "what", "argv", "pattern"), TRAINING_CASES, ids=[c[0] for c in TRAINING_CASES])
 def test_training_error(case, what, argv, pattern, tmp_path):
     r = subprocess.run([sys.executable, "-m", "zoo.cli", *argv(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "Traceback" not in r.stderr
+    assert "weights_only" not in r.stderr  # never torch's advice to load a file unsafely
+    assert not Path("/tmp/zoo-pwned").exists()
     line = _one_line(r.stderr.strip().splitlines()[-1])
     assert line.startswith("zoo: error: ") and re.search(pattern, line), f"{case}: {r.stderr}"

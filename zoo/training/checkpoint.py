@@ -16,18 +16,69 @@ save leaves at most a hidden temporary file, which the next save of the same che
 removes. Paths with a URL scheme (``s3://...``) go to Lightning's implementation.
 
 With the plain Lightning API: ``L.Trainer(plugins=[AtomicCheckpointIO()])``.
+
+`read_checkpoint` is how zoo opens a checkpoint a user names (``--ckpt_path``,
+`zoo.training.predict`): with ``weights_only=True`` (a file never runs code), memory-mapped
+(checking a large checkpoint costs little), and with one line naming the file and what to do
+when it is missing, a folder, corrupt, or holds code; never torch's advice to retry with
+``weights_only=False``. `AtomicCheckpointIO` loads with ``weights_only=True`` too, unless its
+caller says otherwise.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
+
+from zoo.errors import WeightsError
+
+_ADVICE = "give a checkpoint written by zoo fit (RUN/checkpoints/best.ckpt or last.ckpt), or best or last"
+
+
+def _unreadable(path: Path, error: Exception) -> WeightsError:
+    """One line for a checkpoint that torch.load refused; never torch's advice to load it unsafely."""
+    code = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if code:
+        why = f"it refers to code ({code.group(1)}), which zoo never loads (checkpoints hold tensors and plain values)"
+    else:  # the unpickler fails on garbage in many ways (UnpicklingError, IndexError, KeyError, ...)
+        why = "it is corrupt, truncated or not a checkpoint"
+    return WeightsError(f"cannot read the checkpoint {path}: {why}; {_ADVICE}")
+
+
+def read_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, Any]:
+    """A Lightning checkpoint read safely (``weights_only=True``), or a `WeightsError` that says why not.
+
+    `mmap` maps the tensors instead of reading them (cheap for a check; any zip-format file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" / "best.ckpt"
+        hint = f"give {inside}" if inside.is_file() else _ADVICE
+        raise WeightsError(f"the checkpoint {path} is a folder; {hint}")
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}; {_ADVICE}")
+    mmap = mmap and zipfile.is_zipfile(path)  # torch.save's format since 1.6; older files are read whole
+    try:
+        with warnings.catch_warnings():  # the safe unpickler's protocol warning, for a file it then refuses
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        raise _unreadable(path, e) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise WeightsError(
+            f"{path} is not a Lightning checkpoint (no state_dict in it; a weights file goes to "
+            f"model.init_args.weights instead); {_ADVICE}"
+        )
+    return checkpoint
 
 
 def _is_local(path: _PATH) -> bool:
@@ -80,3 +131,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path: _PATH, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> dict:
+        """Lightning's loader, with ``weights_only=True`` unless the caller asks otherwise."""
+        weights_only = True if weights_only is None else weights_only
+        return super().load_checkpoint(path, *args, weights_only=weights_only, **kwargs)

@@ -49,7 +49,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from zoo.errors import ZooError
-from zoo.training.checkpoint import AtomicCheckpointIO
+from zoo.training.checkpoint import AtomicCheckpointIO, read_checkpoint
 from zoo.training.report import ProgressBar, RunReport, run_folder
 from zoo.training.tasks import weights_from_checkpoint
 
@@ -151,6 +151,15 @@ class ZooCLI(LightningCLI):
             )
         return parser
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads the checkpoint's hyperparameters next: a missing, corrupt or unsafe file is
+        # one line here, before it (or Lightning) loads it
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if _local_checkpoint(ckpt):
+            read_checkpoint(ckpt)
+
     # ------------------------------------------------------------------ before instantiation
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -167,9 +176,7 @@ class ZooCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         if ckpt in ("last", "best"):
             self._resolve_checkpoint(config, ckpt)
-        elif ckpt and "://" not in str(ckpt) and ckpt not in ("hpc", "registry"):
-            if not Path(ckpt).is_file():
-                raise RecipeError(f"checkpoint not found: {ckpt}; give RUN/checkpoints/best.ckpt, best or last")
+        elif _local_checkpoint(ckpt):
             run = _run_of(Path(ckpt))
             if run is not None and self.subcommand != "fit":
                 self._log_into(config, run)
@@ -273,6 +280,11 @@ class SaveRunConfig(SaveConfigCallback):
         if stage != "fit" and folder is not None and (folder / self.config_filename).is_file():
             return
         super().setup(trainer, pl_module, stage)
+
+
+def _local_checkpoint(ckpt: Any) -> bool:
+    """Whether `ckpt` names a local file (not best/last, a URL, or Lightning's hpc/registry)."""
+    return bool(ckpt) and "://" not in str(ckpt) and ckpt not in ("last", "best", "hpc", "registry")
 
 
 def _run_of(ckpt: Path) -> Path | None:

@@ -45,16 +45,12 @@ def _preprocessing_record(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
 
 def load_task(ckpt_path: str | Path) -> tuple[Any, dict[str, Any] | None]:
     """A `ClassificationTask` from a ``zoo fit`` checkpoint (read with ``weights_only=True``) and its preprocessing."""
+    from zoo.training.checkpoint import read_checkpoint
     from zoo.training.tasks import ClassificationTask, weights_from_checkpoint
 
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}; give a RUN/checkpoints/best.ckpt written by zoo fit")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"cannot read the checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+    checkpoint = read_checkpoint(path)  # one line if missing, a folder, corrupt or holding code
+    if "hyper_parameters" not in checkpoint:
         raise WeightsError(f"{path} is not a zoo fit checkpoint (no state_dict and hyper_parameters in it)")
     known = inspect.signature(ClassificationTask).parameters
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in known}  # not LightningCLI's own
