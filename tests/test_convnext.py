@@ -261,3 +261,14 @@ def test_import_zoo_imports_neither_timm_nor_torchvision():
     code = "import sys, zoo; print(sorted({'timm', 'torchvision'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_convnext_cifar_stem():
+    """stem="cifar": 2x2 patches at stride 2, so 32x32 images give 16, 8, 4, 2 pixel stages (4x4 stem: 8 ... 1)."""
+    x = torch.randn(1, 3, 32, 32)
+    cifar = zoo.create("convnext_tiny", stem="cifar")
+    assert [f.shape[-1] for f in cifar.forward_stages(x)] == [16, 8, 4, 2]
+    assert cifar.stage_strides == (2, 4, 8, 16) and cifar.min_input_size == (16, 16)
+    assert cifar.stages[0].stem.conv.kernel_size == (2, 2) and cifar.stages[0].stem.conv.stride == (2, 2)
+    with pytest.raises(ConfigurationError, match="stem must be one of"):
+        zoo.create("convnext_tiny", stem=4)

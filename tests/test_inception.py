@@ -285,3 +285,17 @@ def test_argument_errors():
     gray = zoo.create("googlenet", in_channels=1).eval()
     with torch.no_grad():
         assert gray(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
+
+
+def test_googlenet_cifar_stem():
+    """stem="cifar": conv1 3x3 at stride 1, so 32x32 images reach inception 3a at 8x8 (ImageNet stem: 4x4)."""
+    x = torch.randn(2, 3, 32, 32)
+    plain, cifar = (zoo.create("googlenet_tv", num_classes=10, stem=s).eval() for s in (None, "cifar"))
+    assert [f.shape[-1] for f in plain.forward_stages(x)] == [16, 8, 4, 2, 1]
+    assert [f.shape[-1] for f in cifar.forward_stages(x)] == [32, 16, 8, 4, 2]
+    assert cifar.stage_strides == (1, 2, 4, 8, 16) and cifar.stages[0].conv1.conv.kernel_size == (3, 3)
+    count = sum(p.numel() for p in plain.parameters()) - sum(p.numel() for p in cifar.parameters())
+    assert count == 64 * 3 * (7 * 7 - 3 * 3)  # only conv1's kernel differs
+    assert cifar(x).shape == (2, 10) and cifar.min_input_size == (8, 8)
+    with pytest.raises(ConfigurationError, match="stem must be one of"):
+        zoo.create("googlenet", stem="mnist")

@@ -29,6 +29,11 @@ Where this departs from the paper or the references:
 Stages: stage 0 is the stem and the first stage's blocks (stride 4); stages 1-3 are a
 downsampling layer (LayerNorm, 2x2 stride-2 conv) and blocks (strides 8, 16, 32). The
 smallest input is 32x32, where the last stage is 1x1.
+
+For 32x32 images, ``stem="cifar"`` patchifies 2x2 patches (stride 2) instead of 4x4, so the
+stages run on 16, 8, 4 and 2 pixel maps (as 224x224 images give 56, 28, 14 and 7) instead of
+8, 4, 2 and 1, at about four times the compute; the smallest input is then 16x16. The stem
+conv then has another shape than in the released weights, which do not load into it.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from zoo.checks import check_int, check_number
+from zoo.checks import check_choice, check_int, check_number
 from zoo.errors import ConfigurationError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act, stochastic_depth
 from zoo.models.base import WeightInit, ZooClassifier, trunc_normal
@@ -174,6 +179,7 @@ class ConvNeXt(ZooClassifier):
         layer_scale_init_value: initial per-channel scale of every residual branch (the
             paper's 1e-6); None or 0 leaves layer scale out.
         act_layer: the activation inside every block's MLP.
+        stem: None for the 4x4 stride-4 patchify stem; ``"cifar"`` for 2x2 patches at stride 2.
     """
 
     weight_init = WeightInit(conv=trunc_normal(0.02), linear=trunc_normal(0.02))  # the paper's code
@@ -188,9 +194,11 @@ class ConvNeXt(ZooClassifier):
         drop_path_rate: float = 0.0,
         layer_scale_init_value: float | None = 1e-6,
         act_layer: LayerFactory = nn.GELU,
+        stem: str | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels", "convnext")
+        patch = 2 if check_choice(stem, "stem", (None, "cifar"), "convnext") == "cifar" else 4
         depths, widths = tuple(config.depths), tuple(config.widths)
         if not depths or len(depths) != len(widths):
             raise ConfigurationError(
@@ -213,9 +221,9 @@ class ConvNeXt(ZooClassifier):
         rates = iter([drop_path_rate * i / max(total - 1, 1) for i in range(total)])
         stages = []
         for i, (depth, width) in enumerate(zip(depths, widths, strict=True)):
-            if i == 0:  # the "patchify" stem: non-overlapping 4x4 patches
+            if i == 0:  # the "patchify" stem: non-overlapping 4x4 (cifar: 2x2) patches
                 first = ConvNormAct(
-                    in_channels, width, 4, 4, 0, bias=True, norm_layer=LayerNorm2d, act_layer=None
+                    in_channels, width, patch, patch, 0, bias=True, norm_layer=LayerNorm2d, act_layer=None
                 )  # (B, C0, H/4, W/4)
                 name = "stem"
             else:
@@ -237,7 +245,7 @@ class ConvNeXt(ZooClassifier):
             stages.append(nn.Sequential(OrderedDict([(name, first), ("blocks", nn.Sequential(*blocks))])))
         self.stages = nn.ModuleList(stages)
         self.stage_channels = widths
-        self.stage_strides = tuple(4 * 2**i for i in range(len(widths)))
+        self.stage_strides = tuple(patch * 2**i for i in range(len(widths)))
 
         self.global_pool = GlobalAvgPool2d()
         self.num_features = widths[-1]

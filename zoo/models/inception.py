@@ -59,6 +59,11 @@ pool4-5b (32, 1024). inception_v3: conv1a-2b (stride 2, 64), pool1-conv4a (4, 19
 pool2-mixed5d (8, 288), mixed6a-6e (16, 768), mixed7a-7c (32, 2048); its unpadded convs
 make the maps a little smaller than input / stride (299 -> 147, 71, 35, 17, 8).
 
+For 32x32 images, ``stem="cifar"`` (GoogLeNet) makes the first conv 3x3 at stride 1 so the
+Inception modules run on 8x8, 4x4 and 2x2 maps instead of 4x4, 2x2 and 1x1; conv1 then has
+another shape than in torchvision's ImageNet weights, which therefore do not load into it
+(the error names conv1).
+
 Smallest inputs (from the layers, by `zoo.arithmetic`): googlenet 31x31 (its last pool is
 3x3), googlenet_tv 15x15, inception_v3 75x75; the same in training mode with the auxiliary
 heads, which pool adaptively where the maps are small.
@@ -74,7 +79,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from zoo.arithmetic import LayerGeometry, module_chain
-from zoo.checks import check_int
+from zoo.checks import check_choice, check_int
 from zoo.errors import ConfigurationError, InvalidArgumentError, WeightsError
 from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory
 from zoo.models.base import HE_CONV_NORMAL_LINEAR, InceptionOutput, ZooClassifier
@@ -242,6 +247,11 @@ class GoogLeNet(_InceptionNet):
         transform_input: rescale ImageNet-normalised input to [-1, 1] first (torchvision's flag).
         drop_rate: dropout before the classifier; None takes the config's (0.4 paper, 0.2 torchvision).
         act_layer: activation after every conv.
+        stem: None keeps the ImageNet stem (a 7x7 conv at stride 2); ``"cifar"`` makes the first conv
+            3x3 at stride 1, so that 32x32 images reach inception 3a at 8x8, 4a at 4x4 and 5a at 2x2
+            (as 224x224 ImageNet images reach 28, 14 and 7) instead of 4, 2 and 1; stage strides
+            1, 2, 4, 8, 16. (Dropping the first max pool too, as some CIFAR ports do, would run
+            inception 3a at 16x16: four times the compute.)
     """
 
     # torchvision's ImageNet weights expect transform_input=True (its builder sets it with them)
@@ -257,9 +267,11 @@ class GoogLeNet(_InceptionNet):
         transform_input: bool = False,
         drop_rate: float | None = None,
         act_layer: LayerFactory = nn.ReLU,
+        stem: str | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_int(in_channels, "in_channels", "googlenet")
+        cifar = check_choice(stem, "stem", (None, "cifar"), "googlenet") == "cifar"
         check_int(num_classes, "num_classes", "googlenet", minimum=0)
         self._check_flags(aux_logits, transform_input, in_channels)
         self.config = config
@@ -275,7 +287,8 @@ class GoogLeNet(_InceptionNet):
 
         s1, s2, s3 = config.stem_widths
         stem: list[tuple[str, nn.Module]] = [("transform_input", InputTransform())] if transform_input else []
-        stem.append(("conv1", conv(in_channels, s1, 7, 2)))  # (B, 64, H/2, W/2)
+        conv1 = conv(in_channels, s1, 3, 1) if cifar else conv(in_channels, s1, 7, 2)
+        stem.append(("conv1", conv1))  # (B, 64, H/2, W/2); (B, 64, H, W) with the cifar stem
         stage1 = [("pool1", pool()), *(("lrn1", m) for m in lrn())]
         stage1 += [("conv2", conv(s1, s2, 1)), ("conv3", conv(s2, s3, 3)), *(("lrn2", m) for m in lrn())]
         stages = [stem, stage1]  # (B, 192, H/4, W/4)
@@ -298,7 +311,8 @@ class GoogLeNet(_InceptionNet):
             channels.append(c)
         self.stages = nn.ModuleList(nn.Sequential(OrderedDict(s)) for s in stages)
         self.stage_channels = tuple(channels)  # 64, 192, 480, 832, 1024
-        self.stage_strides = tuple(2 ** (i + 1) for i in range(len(stages)))  # 2, 4, 8, 16, 32
+        first = 1 if cifar else 2
+        self.stage_strides = tuple(first * 2**i for i in range(len(stages)))  # 2, 4, 8, 16, 32 (cifar: 1 ... 16)
 
         self.num_features = c
         self.global_pool = GlobalAvgPool2d()
