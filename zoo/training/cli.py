@@ -315,6 +315,31 @@ def _with_run_config(argv: list[str], folder: Path) -> list[str]:
     return [argv[0], "--config", str(adapted), *argv[1:]]
 
 
+def _config_files(argv: list[str]) -> list[str]:
+    """The values of every ``--config`` in `argv`."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
+def _check_configs(argv: list[str]) -> None:
+    """A config file that is empty, a list or a scalar says what a config must be (before jsonargparse's
+    "Unexpected config"); YAML syntax errors are left to jsonargparse, which names the line."""
+    for name in _config_files(argv):
+        path = Path(name)
+        if not path.is_file():
+            continue
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if not isinstance(config, dict):
+            what = "a list" if isinstance(config, list) else f"a single value ({config!r})"
+            raise RecipeError(
+                f"the config {name} is {'empty' if config is None else what}, not a mapping; a config must be "
+                "a mapping with model:, data: and trainer: sections (see recipes/lenet5_digits.yaml)"
+            )
+
+
 def _check_epochs(trainer: Any) -> None:
     """A fit that trains nothing (0 epochs), or without end (-1), is a mistake to say before anything starts."""
     epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
@@ -401,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = sys.argv
     scratch = tempfile.TemporaryDirectory(prefix="zoo-")
     try:
+        _check_configs(argv)
         argv = _with_run_config(argv, Path(scratch.name))
         sys.argv = [saved[0] if saved else "zoo", *argv]  # LightningCLI reads sys.argv
         run(None)
