@@ -1,0 +1,59 @@
+"""No-decay parameter groups and MixUp/CutMix do what they say (the EMA option is tested with the task)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from zoo.errors import ConfigurationError
+from zoo.training.regularization import BatchMix, split_weight_decay
+
+
+@pytest.mark.parametrize("name", ["resnet20", "convnext_tiny"])
+def test_norms_biases_and_layer_scales_get_no_weight_decay(name):
+    model = zoo.create(name, num_classes=10)
+    groups = split_weight_decay([{"params": list(model.parameters()), "lr_factor": 0.5}], model)
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(g["lr_factor"] == 0.5 for g in optimizer.param_groups)  # other keys kept
+    for pname, p in model.named_parameters():
+        quiet = p.ndim == 1 or pname.endswith("layer_scale")
+        assert decay_of[id(p)] == (0.0 if quiet else 0.05), pname
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    if name == "convnext_tiny":  # its layer scales are (C, 1, 1): caught by name, not by shape
+        assert any(
+            n.endswith("layer_scale") and p.ndim == 3 and decay_of[id(p)] == 0 for n, p in model.named_parameters()
+        )
+
+
+def test_mixup_mixes_two_images_and_their_labels():
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 8, 8), torch.arange(8) % 4
+    mixed, target = BatchMix(4, mixup_alpha=0.4)(x, y)
+    assert target.shape == (8, 4) and torch.allclose(target.sum(1), torch.ones(8))
+    # torchvision's MixUp pairs each image with the batch rolled by one: x' = lam x + (1 - lam) roll(x)
+    lam = target[0, y[0]].item() if y[0] != y[-1] else None
+    if lam is not None:
+        torch.testing.assert_close(mixed[0], lam * x[0] + (1 - lam) * x[-1])
+    assert not torch.equal(mixed, x)
+
+
+def test_cutmix_pastes_a_box_and_weighs_labels_by_its_area():
+    torch.manual_seed(1)
+    x, y = torch.zeros(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    x[1:] = 1.0  # image 0 black, its partner (the batch rolled by one: image 3) white
+    mixed, target = BatchMix(4, cutmix_alpha=1.0)(x, y)
+    pasted = mixed[0].mean().item()  # the share of image 0 now white = the box's area
+    assert target[0, 0].item() == pytest.approx(1 - pasted, abs=1e-6)
+    assert target[0, 3].item() == pytest.approx(pasted, abs=1e-6)
+
+
+def test_off_gives_one_hot_targets_and_bad_alphas_are_errors():
+    mix = BatchMix(3)
+    assert not mix
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([2, 0])
+    out, target = mix(x, y)
+    assert out is x and torch.equal(target, torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
+    with pytest.raises(ConfigurationError, match="mixup_alpha must be a number >= 0"):
+        BatchMix(3, mixup_alpha=-1)
