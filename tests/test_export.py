@@ -24,6 +24,7 @@ REPRESENTATIVES = {
     "googlenet": (64, 64),
     "inception_v3": (75, 75),
     "convnext_tiny": (32, 32),
+    "mobilenet_v2": (32, 32),
     "unet": (188, 188),
     "unet_padded": (32, 48),
     "unet_resnet18": (64, 32),
