@@ -145,8 +145,21 @@ def _check_example(model: nn.Module, x: Tensor) -> None:
         model.check_input(x)
 
 
-def _export_graph(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_axes: dict) -> None:
-    with warnings.catch_warnings():
+def _export_graph(
+    model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_axes: dict, weights_in_file: bool = True
+) -> None:
+    if weights_in_file:
+        options: dict[str, Any] = {"do_constant_folding": True}  # eval mode: batch norms folded into the convs
+    else:  # the graph alone: the model's own tensors as named inputs, so nothing may fold them into new ones
+        options = {
+            "export_params": False,
+            "keep_initializers_as_inputs": True,
+            "do_constant_folding": False,
+            "training": torch.onnx.TrainingMode.PRESERVE,  # eval semantics without the eval pass that folds
+        }
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        if not weights_in_file:
+            stack.enter_context(_shape_inference_without_weight_values())
         # our choice of exporter (module docstring), and the tracer's notes on the shape checks it skips
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -161,8 +174,29 @@ def _export_graph(model: nn.Module, x: Tensor, path: Path, opset: int, dynamic_a
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes or None,
-            do_constant_folding=True,
+            **options,
         )
+
+
+@contextlib.contextmanager
+def _shape_inference_without_weight_values() -> Iterator[None]:
+    """The exporter's ONNX shape inference, without copying the weights' values into it.
+
+    torch's exporter hands every weight's value to ONNX shape inference, twice, which
+    serialises them (3 of the 4 s that exporting VGG-16's graph takes). In a graph whose
+    weights are inputs, their types carry the shapes and no value is needed: the pass gets
+    none. (`torch._C` is looked up at call time, so the swap reaches the exporter.)
+    """
+    original = torch._C._jit_pass_onnx_graph_shape_type_inference
+
+    def without_values(graph: Any, params_dict: dict, opset: int) -> None:
+        return original(graph, {}, opset)
+
+    torch._C._jit_pass_onnx_graph_shape_type_inference = without_values
+    try:
+        yield
+    finally:
+        torch._C._jit_pass_onnx_graph_shape_type_inference = original
 
 
 def _append_metadata(path: Path, metadata: dict[str, str]) -> None:
@@ -191,6 +225,7 @@ def export_onnx(
     dynamic_size: bool = False,
     opset: int = DEFAULT_OPSET,
     weights: str | Path | None = None,
+    weights_in_file: bool = True,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` (a zoo network, or a registered name) to `path` as ONNX; returns the path.
@@ -211,6 +246,10 @@ def export_onnx(
             (`dynamic_size_problem` says why not otherwise).
         opset: the ONNX opset to write.
         weights: with a name, what `zoo.create` loads (a file or a source such as ``"torchvision"``).
+        weights_in_file: False writes the graph alone (kilobytes, not the weights' size): every
+            parameter and buffer it reads becomes an input named as in the model's ``state_dict``,
+            batch norms stay unfolded, and ``OnnxModel(path, weights=model)`` feeds them. For
+            looking at the graph, and for the registry-wide test, which would otherwise write 9 GB.
         metadata: more entries for the file's ``metadata_props`` (values not strings are written as JSON).
 
     Raises:
@@ -270,7 +309,7 @@ def export_onnx(
     dynamic_axes = {INPUT_NAME: axes, OUTPUT_NAME: out_axes} if axes else {}
     try:
         with torch.no_grad(), _exportable(model):
-            _export_graph(model, x, path, opset, dynamic_axes)
+            _export_graph(model, x, path, opset, dynamic_axes, weights_in_file)
     finally:
         model.train(was_training)
     _append_metadata(path, _metadata(model, card, (c, h, w), dynamic_batch, dynamic_size, metadata or {}))
@@ -407,9 +446,10 @@ class OnnxModel:
     Args:
         path: the ``.onnx`` file.
         threads: ONNX Runtime's intra-op threads (default: torch's thread count, so that the two compare fairly).
+        weights: for a graph written with ``weights_in_file=False``, the model whose tensors it reads.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, weights: nn.Module | None = None) -> None:
         ort = _require_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
@@ -430,6 +470,16 @@ class OnnxModel:
             except ValueError:
                 self.metadata[key] = value
         self.input_shape = self.session.get_inputs()[0].shape  # ints, or names for dynamic axes
+        self.input_name = self.session.get_inputs()[0].name
+        wanted = [i.name for i in self.session.get_inputs()[1:]]
+        state = {k: v.detach().cpu().numpy() for k, v in weights.state_dict().items()} if weights is not None else {}
+        missing = [name for name in wanted if name not in state]
+        if missing:
+            raise WeightsError(
+                f"{self.path} reads its weights as inputs ({missing[0]}, ...); pass the model: OnnxModel(path, "
+                "weights=model)"
+            )
+        self.feeds = {name: state[name] for name in wanted}
 
     @property
     def batch_size(self) -> int | None:
@@ -441,7 +491,7 @@ class OnnxModel:
         import numpy as np
 
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: array})[0])
+        return torch.from_numpy(self.session.run(None, {self.input_name: array, **self.feeds})[0])
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits for a batch of any size: a graph with a fixed batch runs it in pieces (the last one padded)."""
