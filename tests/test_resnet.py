@@ -203,3 +203,104 @@ def test_bad_configurations():
         ResNet(ResNetConfig(BasicBlock, (2, 2, 2)))
     with pytest.raises(ConfigurationError, match="drop_rate must be a number in"):
         zoo.create("resnet20", drop_rate=1.5)
+
+
+# --------------------------------------------------------------------------- output stride (dilation)
+
+TORCHVISION_DILATION = {16: [False, False, True], 8: [False, True, True]}
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+def test_output_stride_matches_torchvisions_replace_stride_with_dilation(name, output_stride):
+    torch.manual_seed(0)
+    theirs = torchvision.models.get_model(name, replace_stride_with_dilation=TORCHVISION_DILATION[output_stride])
+    theirs.eval()
+    _randomise_norms(theirs)
+    ours = import_weights(zoo.create(name, output_stride=output_stride), theirs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
+        assert ours.forward_features(x).shape[-2:] == (64 // output_stride, 64 // output_stride)
+    # the same tensors as the undilated network: its files load as they are
+    assert ours.state_dict().keys() == zoo.create(name).state_dict().keys()
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_basic_block_dilation_matches_timm(output_stride):
+    """torchvision refuses dilation in basic blocks; timm dilates both 3x3 convs (the first block's first keeps
+    the previous dilation), and so does zoo."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    theirs = timm.create_model("resnet18", output_stride=output_stride).eval()
+    _randomise_norms(theirs)
+    ours = import_weights(zoo.create("resnet18", output_stride=output_stride), theirs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("name", "output_stride", "strides", "dilations"),
+    [
+        ("resnet50", 32, (2, 4, 8, 16, 32), {1}),
+        ("resnet50", 16, (2, 4, 8, 16, 16), {1, 2}),
+        ("resnet50", 8, (2, 4, 8, 8, 8), {1, 2, 4}),
+        ("resnet18", 4, (2, 4, 4, 4, 4), {1, 2, 4, 8}),
+        ("resnet20", 2, (1, 2, 2), {1, 2}),
+    ],
+)
+def test_stage_strides_count_dilation(name, output_stride, strides, dilations):
+    """stage_strides are the input/output ratio of each stage (torch on the meta device); the 3x3 convs dilate."""
+    with torch.device("meta"):
+        model = zoo.create(name, output_stride=output_stride).eval()
+        stages = model.forward_stages(torch.empty(1, 3, 256, 256))
+    assert model.stage_strides == strides
+    assert tuple(256 // s.shape[-1] for s in stages) == strides
+    assert {m.dilation[0] for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)} == dilations
+
+
+def test_arithmetic_of_a_dilated_network_matches_torch():
+    """Receptive field, jump, output size and minimum size of resnet50 at output stride 8, against torch.
+
+    The main path (`spatial_chain`, with its dilations) is copied into a one-channel network of
+    constant positive convs of the same geometry: every position of an output's field then gets a positive
+    gradient, so the field is what the gradient sees. Trading stride for dilation keeps the field
+    (427, as the undilated network) and makes the jump 8. Axes are independent: W = 1 keeps it cheap.
+    """
+    from zoo import analysis
+    from zoo.arithmetic import min_input_size, output_sizes, receptive_fields
+
+    model = zoo.create("resnet50", output_stride=8)
+    chain = model.spatial_chain()
+    assert {g.dilation for g in chain} == {(1, 1), (2, 2), (4, 4)}
+    net = nn.Sequential(*(nn.Conv2d(1, 1, g.kernel, g.stride, g.padding, g.dilation, bias=False) for g in chain))
+    for conv in net:
+        nn.init.constant_(conv.weight, 1.0 / conv.weight.numel())  # averages: finite values
+    x = torch.zeros(1, 1, 1200, 1, requires_grad=True)
+    y = net(x)
+    assert tuple(y.shape[-2:]) == output_sizes(chain, (1200, 1))[-1] == (150, 1)
+    field = receptive_fields(chain)[-1]
+    assert field.size[0] == 427 and field.jump[0] == 8
+    rows = []
+    for i in (70, 71):  # two neighbouring outputs away from the border
+        (g,) = torch.autograd.grad(y[0, 0, i, 0], x, retain_graph=True)
+        seen = g[0, 0, :, 0].nonzero()
+        rows.append((int(seen.min()), int(seen.max())))
+    assert all(hi - lo + 1 == field.size[0] for lo, hi in rows)
+    assert rows[1][0] - rows[0][0] == field.jump[0]
+    assert rows[0][0] + field.size[0] / 2 - 0.5 == field.start[0] + 70 * field.jump[0]  # the centre of output 70
+    assert min_input_size(chain) == model.min_input_size == (1, 1)
+    with torch.device("meta"):  # torch takes 1x1 through every dilated conv (each pads by its dilation)
+        zoo.create("resnet50", output_stride=8).eval()(torch.empty(1, 3, 1, 1))
+    stats = analysis.analyze(model)
+    assert stats.receptive_field == (427, 427) and stats.output_stride == (8, 8)
+    rows_by_name = {r.name: r for r in analysis.summary(model).layers}
+    last = rows_by_name["stages.4.2.conv2.conv"]  # a 3x3 conv with dilation 4
+    assert last.output_shape[-2:] == (28, 28) and last.jump == (8.0, 8.0) and not last.note
+
+
+@pytest.mark.parametrize("bad", [12, 64, 2, True, "8"])
+def test_output_stride_errors_say_which_strides_there_are(bad):
+    with pytest.raises(ConfigurationError, match=r"output_stride must be one of 4, 8, 16, 32 .*got"):
+        zoo.create("resnet50", output_stride=bad)

@@ -51,6 +51,18 @@ no max pool): its stages then run at strides 1, 2, 4, 8 on 32x32 images instead 
 collapsing to 1x1 (the stem is then the first layer of stage 1, as in the CIFAR networks).
 Every conv is padded to keep the grid, so both kinds take inputs down to 1x1 (in training
 mode batch norm needs more than one value per channel there: a batch of at least 2).
+
+Dilation (`output_stride`, for dense prediction: Chen et al., "DeepLab", 2016,
+https://arxiv.org/abs/1606.00915; Yu & Koltun, "Multi-Scale Context Aggregation by Dilated
+Convolutions", 2016): ``output_stride=16`` or ``8`` keeps the last one or two stages at the
+stride before them and dilates their 3x3 convs by 2 per stride given up (2, then 4), exactly
+as torchvision's ``replace_stride_with_dilation`` ([False, False, True] and [False, True, True]):
+the first block of a dilated stage keeps the previous dilation in its first 3x3 conv, its
+shortcut becomes a stride-1 1x1 conv, and the weights are the same tensors, so every weights
+file loads. The receptive field stays the same (427 for ResNet-50), the maps grow (28x28 at
+224 for stride 8) and so does the compute (ResNet-50: 4.09, 6.21 and 19.08 GMACs at 32, 16
+and 8). torchvision refuses dilation in basic blocks (ResNet-18/34); zoo dilates both of
+their 3x3 convs as timm does.
 """
 
 from __future__ import annotations
@@ -149,6 +161,9 @@ class BasicBlock(_ResidualBlock):
         shortcut: "A" (zero padding) or "B" (1x1 projection) where shapes change.
         norm_layer, act_layer: as `ConvNormAct`.
         drop_path_rate: probability of dropping the residual branch per sample while training.
+        dilation: dilation of the 3x3 convs (padded to keep the grid).
+        first_dilation: dilation of the first 3x3 conv (default `dilation`): the first block of a
+            dilated stage keeps the previous stage's, as in torchvision and timm.
     """
 
     expansion = 1
@@ -166,6 +181,8 @@ class BasicBlock(_ResidualBlock):
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
         drop_path_rate: float = 0.0,
+        dilation: int = 1,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
@@ -173,8 +190,11 @@ class BasicBlock(_ResidualBlock):
                 f"BasicBlock takes only groups=1 and width_per_group=64 (got {groups} and {width_per_group}); "
                 "use Bottleneck for grouped (ResNeXt) or wide blocks"
             )
-        self.conv1 = ConvNormAct(in_channels, planes, 3, stride, norm_layer=norm_layer, act_layer=act_layer)
-        self.conv2 = ConvNormAct(planes, planes, 3, norm_layer=norm_layer, act_layer=None)
+        first = dilation if first_dilation is None else first_dilation
+        self.conv1 = ConvNormAct(
+            in_channels, planes, 3, stride, dilation=first, norm_layer=norm_layer, act_layer=act_layer
+        )
+        self.conv2 = ConvNormAct(planes, planes, 3, dilation=dilation, norm_layer=norm_layer, act_layer=None)
         self.downsample = _shortcut(in_channels, planes, stride, shortcut, norm_layer)
         self.drop_path = stochastic_depth(drop_path_rate)
         self.act = make_act(act_layer)
@@ -196,6 +216,9 @@ class Bottleneck(_ResidualBlock):
         shortcut: "A" (zero padding) or "B" (1x1 projection) where shapes change.
         norm_layer, act_layer: as `ConvNormAct`.
         drop_path_rate: probability of dropping the residual branch per sample while training.
+        dilation: dilation of the 3x3 conv (padded to keep the grid).
+        first_dilation: the 3x3 conv's dilation in place of `dilation` when given: the first block
+            of a dilated stage keeps the previous stage's, as in torchvision and timm.
     """
 
     expansion = 4
@@ -213,12 +236,17 @@ class Bottleneck(_ResidualBlock):
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
         drop_path_rate: float = 0.0,
+        dilation: int = 1,
+        first_dilation: int | None = None,
     ) -> None:
         super().__init__()
         width = planes * width_per_group // 64 * groups
+        d = dilation if first_dilation is None else first_dilation
         out_channels = planes * self.expansion
         self.conv1 = ConvNormAct(in_channels, width, 1, norm_layer=norm_layer, act_layer=act_layer)
-        self.conv2 = ConvNormAct(width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv2 = ConvNormAct(
+            width, width, 3, stride, dilation=d, groups=groups, norm_layer=norm_layer, act_layer=act_layer
+        )
         self.conv3 = ConvNormAct(width, out_channels, 1, norm_layer=norm_layer, act_layer=None)
         self.downsample = _shortcut(in_channels, out_channels, stride, shortcut, norm_layer)
         self.drop_path = stochastic_depth(drop_path_rate)
@@ -327,6 +355,10 @@ class ResNet(ZooClassifier):
             no max pool, so that 32x32 images keep their grid (the usual CIFAR adaptation of
             the ImageNet networks; torchvision weights no longer fit).
         zero_init_residual: start the last norm of every block at zero (each block starts as the identity).
+        output_stride: the stride of the last stage; None keeps the variant's (32 for the ImageNet
+            networks). 16 or 8 (any stride a stage reaches) trades the stride of the later stages
+            for dilation (torchvision's ``replace_stride_with_dilation``): the feature maps stay
+            larger and the weights are the same.
         norm_layer: normalisation after every conv (None: none, and the convs get biases).
         act_layer: activation inside the blocks and after each addition.
     """
@@ -343,6 +375,7 @@ class ResNet(ZooClassifier):
         drop_path_rate: float = 0.0,
         zero_init_residual: bool = False,
         stem: str | None = None,
+        output_stride: int | None = None,
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
     ) -> None:
@@ -360,7 +393,9 @@ class ResNet(ZooClassifier):
         # The torchvision layout: a stride-2 stem of its own and projection shortcuts.
         self._torchvision_layout = config.stem_stride > 1 and config.shortcut == "B"
 
-        stages, channels, strides = _build_stages(config, in_channels, norm_layer, act_layer, drop_path_rate)
+        stages, channels, strides = _build_stages(
+            config, in_channels, norm_layer, act_layer, drop_path_rate, output_stride
+        )
         self.stages = nn.ModuleList(stages)
         self.stage_channels = tuple(channels)
         self.stage_strides = tuple(strides)
@@ -433,8 +468,23 @@ def _build_stages(
     norm_layer: LayerFactory | None,
     act_layer: LayerFactory | None,
     drop_path_rate: float,
+    output_stride: int | None = None,
 ) -> tuple[list[nn.Sequential], list[int], list[int]]:
-    """The stages (stem, optional max pool, then the blocks), with their output channels and strides."""
+    """The stages (stem, optional max pool, then the blocks), with their output channels and strides.
+
+    A stage that would take the stride past `output_stride` keeps it and doubles the dilation
+    instead; its first block keeps the previous dilation in its first 3x3 conv (torchvision's
+    ``replace_stride_with_dilation``, timm's ``output_stride``).
+    """
+    first = config.stem_stride * (2 if config.stem_pool else 1)  # the stride of the first block stage
+    reachable = [first * 2**i for i in range(len(config.depths))]
+    if output_stride is None:
+        output_stride = reachable[-1]
+    if isinstance(output_stride, bool) or output_stride not in reachable:
+        raise ConfigurationError(
+            f"resnet: output_stride must be one of {', '.join(map(str, reachable))} (the strides its stages reach; "
+            f"below {reachable[-1]} the later stages dilate instead), got {output_stride!r}"
+        )
     stem = ConvNormAct(
         in_channels,
         config.stem_width,
@@ -460,10 +510,14 @@ def _build_stages(
     num_blocks = sum(config.depths)
     block_index = 0
     c = config.stem_width
+    dilation = 1
     for i, (depth, width) in enumerate(zip(config.depths, config.widths, strict=True)):
         layers, pending = pending, []
+        previous_dilation, stage_stride = dilation, 2 if i > 0 else 1
+        if stride * stage_stride > output_stride:  # (B, c, H/output_stride, W/output_stride) from here on
+            dilation, stage_stride = dilation * stage_stride, 1
         for j in range(depth):
-            block_stride = 2 if i > 0 and j == 0 else 1
+            block_stride = stage_stride if j == 0 else 1
             rate = drop_path_rate * block_index / max(num_blocks - 1, 1)
             block = config.block(
                 c,
@@ -475,6 +529,8 @@ def _build_stages(
                 norm_layer=norm_layer,
                 act_layer=act_layer,
                 drop_path_rate=rate,
+                dilation=dilation,
+                first_dilation=previous_dilation if j == 0 else dilation,
             )
             layers.append((str(j), block))
             c = width * config.block.expansion
