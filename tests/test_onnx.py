@@ -139,8 +139,10 @@ def test_small_models_export_with_their_weights_inside(
 
 def test_dynamic_size_is_refused_where_the_graph_depends_on_the_size(tmp_path: Path) -> None:
     for name, why in (("lenet5", "takes exactly 32x32"), ("vgg11", "pools to a 7x7 grid")):
+        with torch.device("meta"):  # refused before any weight is read
+            model = zoo.create(name)
         with pytest.raises(ConfigurationError, match=why):
-            export_onnx(zoo.create(name), tmp_path / "x.onnx", input_size=64, dynamic_size=True)
+            export_onnx(model, tmp_path / "x.onnx", input_size=64, dynamic_size=True)
     assert dynamic_size_problem(zoo.create("unet_padded", pad_input=True)) is not None
     assert not (tmp_path / "x.onnx").exists()
 
@@ -264,3 +266,21 @@ def test_predict_on_onnx_errors_are_one_line(tmp_path: Path, capsys: pytest.Capt
     assert "not --x" in capsys.readouterr().err
     assert main(["predict", "--ckpt_path", str(unet), "--data.predict_root", str(tmp_path)]) == 2
     assert "classifies images" in capsys.readouterr().err
+
+
+def test_bench_against_onnxruntime_times_every_path(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from zoo.bench import DEPLOY_PATHS
+    from zoo.cli import main
+
+    args = ["bench", "lenet5", "--against", "onnxruntime", "--batch-size", "2", "--repeat", "3"]
+    assert main([*args, "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["times"]) == list(DEPLOY_PATHS)
+    assert all(len(t) == 3 and min(t) > 0 for t in result["times"].values())
+    assert result["speedup_vs_eager"]["eager fp32"] == 1.0 and result["batch_size"] == 2
+    assert result["onnx_max_abs_diff"] < 1e-4  # the same weights in both
+    assert main([*args, "--optimize"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--optimize is not for --against onnxruntime" in err

@@ -13,6 +13,11 @@ Modes:
 - ``create``: whole-process runs of ``python -c "import zoo; zoo.create(NAME)"`` against
   the reference library's equivalent, alternating.
 
+``--against onnxruntime`` times the ways to run zoo's own model for inference on this machine
+instead, side by side and alternating (`bench_deployment`): eager fp32, `zoo.optimize_for_inference`
+in fp32 and in bf16, and the same weights exported to ONNX (`zoo.deploy.export_onnx`, fixed
+shapes) in ONNX Runtime with as many threads as torch uses.
+
 ``--optimize`` (infer) runs ours through `zoo.optimize_for_inference` and
 ``--recipe-defaults`` (train) runs ours with the training recipes' CPU defaults
 (channels_last and bf16 autocast), while the reference keeps its plain fp32 defaults:
@@ -29,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -250,8 +256,118 @@ def bench_creation(name: str, *, against: str = "torchvision", repeat: int = 5) 
     return result
 
 
+@dataclass
+class DeployBenchResult:
+    """`bench_deployment`'s times: one list per way of running the model."""
+
+    name: str
+    batch_size: int
+    input_size: tuple[int, ...]
+    threads: int
+    times: dict[str, list[float]] = field(default_factory=dict)
+    onnx_max_abs_diff: float = 0.0
+
+    def medians(self) -> dict[str, float]:
+        return {path: statistics.median(t) for path, t in self.times.items()}
+
+    def as_dict(self) -> dict:
+        eager = self.medians()[DEPLOY_PATHS[0]]
+        return {
+            **asdict(self),
+            "median_s": self.medians(),
+            "images_per_s": {p: self.batch_size / m for p, m in self.medians().items()},
+            "speedup_vs_eager": {p: eager / m for p, m in self.medians().items()},
+        }
+
+    def render(self) -> str:
+        medians = self.medians()
+        eager = medians[DEPLOY_PATHS[0]]
+        runs = len(next(iter(self.times.values())))
+        lines = [
+            f"{self.name}: inference, batch {self.batch_size}, input {'x'.join(map(str, self.input_size))}, "
+            f"{runs} alternating runs each, {self.threads} threads",
+            f"  {'path':<30} {'median ms':>10} {'img/s':>9} {'vs eager':>9}",
+        ]
+        for path, m in medians.items():
+            lines.append(f"  {path:<30} {m * 1e3:10.2f} {self.batch_size / m:9.1f} {eager / m:8.2f}x")
+        fastest = min(medians, key=medians.get)
+        lines.append(f"  fastest: {fastest}; ONNX Runtime vs eager fp32: max |difference| {self.onnx_max_abs_diff:.1e}")
+        return "\n".join(lines)
+
+
+DEPLOY_PATHS = ("eager fp32", "optimize_for_inference fp32", "optimize_for_inference bf16", "onnxruntime fp32")
+
+
+def bench_deployment(
+    name: str, *, batch_size: int = 8, input_size: int | None = None, repeat: int = 5, warmup: int = 2
+) -> DeployBenchResult:
+    """Time zoo's `name` for inference: eager, optimize_for_inference (fp32, bf16) and ONNX Runtime, alternating.
+
+    The same random weights (seed 0) and input for every path; the ONNX file is exported at
+    this batch and size (fixed shapes, weights inside) into a temporary folder.
+    """
+    import tempfile
+
+    from zoo.deploy import OnnxModel, export_onnx, max_abs_difference
+    from zoo.inference import optimize_for_inference
+
+    check_int(batch_size, "batch_size", "bench")
+    check_int(repeat, "repeat", "bench")
+    card = model_info(name)
+    c, h, w = card.input_size
+    if input_size is not None:
+        check_int(input_size, "input", "bench")
+        h = w = input_size
+    torch.manual_seed(0)
+    model = create(name).eval()
+    x = torch.randn(batch_size, c, h, w)
+    fp32 = optimize_for_inference(model)
+    bf16 = optimize_for_inference(model, dtype=torch.bfloat16)
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as folder:
+        path = export_onnx(model, Path(folder) / f"{name}.onnx", input_size=(c, h, w), batch_size=batch_size)
+        session = OnnxModel(path)  # its threads: torch's
+    with torch.inference_mode():
+        reference = model(x)
+    steps: dict[str, Callable[[], object]] = {
+        DEPLOY_PATHS[0]: lambda: _eager(model, x),
+        DEPLOY_PATHS[1]: lambda: fp32(x),
+        DEPLOY_PATHS[2]: lambda: bf16(x),
+        DEPLOY_PATHS[3]: lambda: session(x),
+    }
+    result = DeployBenchResult(name, batch_size, (c, h, w), torch.get_num_threads(), {p: [] for p in steps})
+    result.onnx_max_abs_diff = max_abs_difference(session(x), reference)
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    order = list(steps)
+    for i in range(repeat):
+        # rotate which path goes first, so that none always follows the same one
+        for path in order[i % len(order) :] + order[: i % len(order)]:
+            t = time.perf_counter()
+            steps[path]()
+            result.times[path].append(time.perf_counter() - t)
+    return result
+
+
+def _eager(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.inference_mode():
+        return model(x)
+
+
 def main(args) -> int:
     """Entry point of ``zoo bench`` (arguments parsed in zoo.cli)."""
+    if args.against == "onnxruntime":
+        others = [f for f, on in (("--optimize", args.optimize), ("--recipe-defaults", args.recipe_defaults),
+                  ("--channels-last", args.channels_last), ("--precision", args.precision != "fp32"),
+                  ("--compile", args.compile), ("--mode", args.mode != "infer")) if on]  # fmt: skip
+        if others:
+            raise InvalidArgumentError(
+                f"{others[0]} is not for --against onnxruntime, which times every inference path of zoo's model "
+                "(eager, optimize_for_inference fp32 and bf16, ONNX Runtime) side by side"
+            )
+        deployed = bench_deployment(args.name, batch_size=args.batch_size, input_size=args.input, repeat=args.repeat)
+        print(json.dumps(deployed.as_dict(), indent=2) if args.format == "json" else deployed.render())
+        return 0
     common = {"channels_last": args.channels_last, "precision": args.precision, "compile": args.compile}
     theirs = Settings(**common)
     ours = Settings(**common)

@@ -47,19 +47,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**card.as_dict(), "pretrained": weights}, indent=2))
         return 0
-    p = card.paper
-    lines = [
-        f"{card.name}  ({card.family}, {card.task})",
-        f"  paper:          {p.title} ({p.authors}, {p.year})",
-        f"                  {p.url}",
-        f"  input size:     {'x'.join(map(str, card.input_size))} (C x H x W); "
-        f"minimum {card.min_input_size[0]}x{card.min_input_size[1]}",
-        f"  normalisation:  mean {card.mean}, std {card.std}",
-        f"  classes:        {card.num_classes}",
-        f"  parameters:     {card.num_params:,} (reference: {card.reference})",
-    ]
-    if card.notes:
-        lines.append(f"  notes:          {card.notes}")
+    lines = [card.to_text()]
     if not weights:
         lines.append("  weights:        none pretrained; train with a recipe (zoo fit) or pass weights=PATH")
     else:
@@ -186,7 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recipe-defaults", action="store_true", help="ours with the recipes' CPU defaults: channels_last + bf16"
     )
-    p.add_argument("--against", choices=["torchvision", "timm"], default="torchvision")
+    p.add_argument(
+        "--against",
+        choices=["torchvision", "timm", "onnxruntime"],
+        default="torchvision",
+        help="the reference library; onnxruntime: zoo's model eager, optimized (fp32, bf16) and in ONNX Runtime",
+    )
     p.add_argument("--repeat", type=int, default=5, help="timed runs of each model (medians are reported)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_bench)
