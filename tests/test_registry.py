@@ -98,3 +98,23 @@ def test_created_model_knows_its_card():
 def test_card_as_dict_is_plain_data():
     d = zoo.model_info("vgg16_bn").as_dict()
     assert d["num_params"] == 138_365_992 and d["paper"]["year"] == 2014 and d["input_size"] == [3, 224, 224]
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_model_card_prints_readably(name):
+    """str(card) and IPython's pretty printer give `zoo info`'s text, not a one-line repr."""
+    card = zoo.model_info(name)
+    text = str(card)
+    assert text.splitlines()[0] == f"{name}  ({card.family}, {card.task})"
+    assert f"{card.num_params:,}" in text and card.paper.url in text
+
+    class Printer:
+        def __init__(self):
+            self.out = []
+
+        def text(self, s):
+            self.out.append(s)
+
+    printer = Printer()
+    card._repr_pretty_(printer, False)
+    assert printer.out == [text]

@@ -117,6 +117,29 @@ class ModelCard:
     weights: tuple[PublishedWeights, ...] = ()
     config: Any = field(default=None, repr=False, compare=False)
 
+    def to_text(self) -> str:
+        """The card as `zoo info` prints it (without the list of pretrained weights)."""
+        p = self.paper
+        lines = [
+            f"{self.name}  ({self.family}, {self.task})",
+            f"  paper:          {p.title} ({p.authors}, {p.year})",
+            f"                  {p.url}",
+            f"  input size:     {'x'.join(map(str, self.input_size))} (C x H x W); "
+            f"minimum {self.min_input_size[0]}x{self.min_input_size[1]}",
+            f"  normalisation:  mean {self.mean}, std {self.std}",
+            f"  classes:        {self.num_classes}",
+            f"  parameters:     {self.num_params:,} (reference: {self.reference})",
+        ]
+        if self.notes:
+            lines.append(f"  notes:          {self.notes}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython and Jupyter show the text
+        printer.text(self.to_text())
+
     def as_dict(self) -> dict[str, Any]:
         """The card as plain data (the config is left out)."""
         return {
