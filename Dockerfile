@@ -11,6 +11,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision
 
 RUN useradd --create-home --uid 1000 zoo
+# the working directory belongs to the user the container runs as, so `zoo fit` can write runs/ there
+# (WORKDIR alone would create it as root)
+RUN install -d -o zoo -g zoo /home/zoo/app
 WORKDIR /home/zoo/app
 COPY --chown=zoo:zoo pyproject.toml README.md ./
 COPY --chown=zoo:zoo zoo ./zoo
