@@ -195,6 +195,7 @@ def test_catalogue_lists_exactly_the_tested_cases():
 # --------------------------------------------------------------------------- recipes and data (zoo fit)
 DIGITS = str(ROOT / "recipes" / "lenet5_digits.yaml")
 CIFAR = str(ROOT / "recipes" / "resnet20_cifar10.yaml")
+FOLDER = ["--config", CIFAR, "--data", "zoo.training.ImageFolderDataModule"]  # the CIFAR recipe on any image folder
 
 
 def _yaml(t: Path, text: str) -> str:
@@ -234,15 +235,15 @@ TRAINING_CASES = [
     ("recipe-unknown-model", "a recipe naming an unknown model", lambda t: ["fit", "--config", DIGITS, "--model.model", "lenet6"],
      r"unknown model 'lenet6'; did you mean lenet5"),
     ("dataset-missing", "MNIST not in --data.root",
-     lambda t: ["fit", "--config", str(ROOT / "recipes" / "lenet5_mnist.yaml"), "--data.root", str(t / "none")],
+     lambda t: ["fit", "--config", str(ROOT / "recipes" / "lenet5_mnist.yaml"), "--data.root", str(t / "none"), "--data.download", "false"],
      r"MNIST not found: looked for .* --data.download true"),
-    ("image-folder-missing", "an image folder that does not exist", lambda t: ["fit", "--config", CIFAR, "--data.root", str(t / "none")],
+    ("image-folder-missing", "an image folder that does not exist", lambda t: ["fit", *FOLDER, "--data.root", str(t / "none")],
      r"image folder not found: .* does not exist"),
     ("image-folder-empty-class", "an image folder with an empty class",
-     lambda t: ["fit", "--config", CIFAR, "--data.root", _image_folder(t, empty_class=True), "--data.cache_dir", str(t / "c")],
+     lambda t: ["fit", *FOLDER, "--data.root", _image_folder(t, empty_class=True), "--data.cache_dir", str(t / "c")],
      r"class folder .*train/dog holds no images"),
     ("image-folder-unreadable", "an unreadable image",
-     lambda t: ["fit", "--config", CIFAR, "--data.root", _image_folder(t, broken=True), "--data.cache_dir", str(t / "c")],
+     lambda t: ["fit", *FOLDER, "--data.root", _image_folder(t, broken=True), "--data.cache_dir", str(t / "c")],
      r"cannot decode image train/cat/broken.png"),
     ("ckpt-missing", "zoo fit --ckpt_path of a file that does not exist",
      lambda t: ["fit", "--config", DIGITS, "--ckpt_path", str(t / "missing.ckpt")],

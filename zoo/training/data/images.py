@@ -249,6 +249,17 @@ def _no_train_error(root: Path) -> DatasetNotFoundError:
     )
 
 
+def _check_class_folders(root: Path, found: dict[str, set[str]]) -> None:
+    """An empty class folder would silently shift every label after it: a one-line error names it."""
+    if not root.is_dir():  # an archive holds no empty folders worth a check: they have no members
+        return
+    for split in SPLITS:
+        for split_dir in root.rglob(split):
+            for cls_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+                if cls_dir.name not in found.get(split, set()):
+                    raise DatasetError(f"class folder {cls_dir} holds no images; add images to it or remove it")
+
+
 def image_folder_classes(root: Path, cache_dir: Path) -> list[str]:
     """The class names of an ImageFolder copy (``train/``'s sub-folders that hold images), from its listing.
 
@@ -257,8 +268,13 @@ def image_folder_classes(root: Path, cache_dir: Path) -> list[str]:
     cache = cache_dir / f"{root.name}-{_fingerprint(root, ('classes',))}.json"
     with contextlib.suppress(OSError, ValueError, KeyError):
         return list(json.loads(cache.read_text())["classes"])
-    found = [split_and_class(name) for name in list_files(root) if is_image_file(name)]
-    classes = sorted({sc[1] for sc in found if sc is not None and sc[0] == "train"})
+    found: dict[str, set[str]] = {}
+    for name in list_files(root):
+        where = split_and_class(name) if is_image_file(name) else None
+        if where is not None:
+            found.setdefault(where[0], set()).add(where[1])
+    _check_class_folders(root, found)
+    classes = sorted(found.get("train", ()))
     if not classes:
         raise _no_train_error(root)
     with contextlib.suppress(OSError):  # a cache that cannot be written costs only time
@@ -311,12 +327,7 @@ def decode_image_folder(root: Path, *, image_size: int | None, grayscale: bool) 
             raise DatasetError(f"cannot decode image {path} in {root}: the file is damaged or not an image") from None
         image = image if image_size is None else _resized(image, image_size)
         found.setdefault(where[0], {}).setdefault(where[1], []).append(image)
-    if root.is_dir():  # an empty class folder would silently shift every label after it
-        for split in SPLITS:
-            for split_dir in root.rglob(split):
-                for cls_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-                    if cls_dir.name not in found.get(split, {}):
-                        raise DatasetError(f"class folder {cls_dir} holds no images; add images to it or remove it")
+    _check_class_folders(root, {split: set(by_class) for split, by_class in found.items()})
     if "train" not in found:
         raise _no_train_error(root)
     classes = sorted(found["train"])
