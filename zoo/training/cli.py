@@ -50,6 +50,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from zoo.errors import ZooError
 from zoo.training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from zoo.training.health import RunHealth
 from zoo.training.report import ProgressBar, RunReport, run_folder
 from zoo.training.tasks import weights_from_checkpoint
 
@@ -269,7 +270,9 @@ class ZooCLI(LightningCLI):
         shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         wall = time.perf_counter() - self.started
         folder = run_folder(self.trainer) or "."
-        print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder})")
+        health = next((c for c in self.trainer.callbacks if isinstance(c, RunHealth)), None)
+        said = f"; {health.summary()}" if health is not None and health.findings else ""  # the warnings above
+        print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder}{said})")
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -413,7 +416,7 @@ def run(argv: list[str] | None) -> ZooCLI:
                 "class_path": "zoo.training.report.CSVLogger",
                 "init_args": {"save_dir": RUNS_DIR, "name": recipe},
             },
-            "callbacks": [RunReport()],
+            "callbacks": [RunReport(), RunHealth()],
         },
     )
 

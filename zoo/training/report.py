@@ -34,6 +34,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from zoo.training.health import RunHealth
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -236,6 +238,9 @@ class RunReport(L.Callback):
             "wall_seconds": round(time.perf_counter() - self.start, 2),
             "ckpt_path": trainer.ckpt_path,
         }
+        health = next((c for c in trainer.callbacks if isinstance(c, RunHealth)), None)
+        if health is not None and health.findings is not None:  # after a fit: see zoo.training.health
+            report["health"] = health.report()
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
 

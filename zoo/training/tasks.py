@@ -413,8 +413,9 @@ class ClassificationTask(_Task):
             self.log(name, metric, prog_bar=name == f"{stage}/acc")
         return logits
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        # the logits go to the callbacks (`RunHealth` counts the predicted classes); Lightning keeps nothing
+        return self._evaluate(batch, "val", self.val_metrics)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         logits = self._evaluate(batch, "test", self.test_metrics)
