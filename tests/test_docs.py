@@ -1,7 +1,8 @@
 """The documentation cannot drift from the code: generated pages are current and every code block runs.
 
 `>>>` examples in docs/*.md run as doctests (pytest's --doctest-glob); the ```python blocks of
-README.md and docs/*.md run here, one namespace per page, in a temporary folder.
+README.md and docs/*.md run here, each block in a fresh namespace (as a reader who copies only
+that block), the blocks of a page one after the other in one temporary folder.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ def python_blocks(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_run(page, tmp_path, monkeypatch):
+    """Each block in a namespace of its own, as a reader who copies only that block runs it."""
     monkeypatch.chdir(tmp_path)
-    module = types.ModuleType("__docs__")  # a real module, so that a page can define dataclasses
-    monkeypatch.setitem(sys.modules, "__docs__", module)
-    namespace = module.__dict__
     for i, block in enumerate(python_blocks(page)):
+        module = types.ModuleType("__docs__")  # a real module, so that a block can define dataclasses
+        monkeypatch.setitem(sys.modules, "__docs__", module)
         try:
-            exec(compile(block, f"{page.name} block {i + 1}", "exec"), namespace)
+            exec(compile(block, f"{page.name} block {i + 1}", "exec"), module.__dict__)
         except Exception as e:  # the page and block in the failure, not only the traceback
             pytest.fail(f"{page.relative_to(ROOT)}, python block {i + 1} raised {type(e).__name__}: {e}")
 
