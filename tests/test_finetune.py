@@ -160,7 +160,7 @@ def test_zoo_predict_writes_paths_and_class_names(
     assert main([*args, "--trainer.enable_progress_bar", "false"]) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "readme.md" in err  # the skipped file is named
-    with open(run / "predictions.csv", newline="") as f:
+    with open(run / "predict" / "predictions.csv", newline="") as f:  # evaluation writes into RUN/predict/
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "class", "confidence", "top2", "top2_confidence"]
     assert sorted(Path(r["path"]).name for r in rows) == [f"img{i}.jpg" for i in range(5)]

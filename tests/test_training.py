@@ -179,7 +179,7 @@ def test_digits_recipe_trains_and_leaves_a_run_folder(in_tmp: Path, capsys: pyte
     assert (
         main(["predict", "--config", str(recipe), "--ckpt_path", "best", "--trainer.enable_progress_bar", "false"]) == 0
     )
-    lines = (run / "predictions.csv").read_text().splitlines()
+    lines = (run / "predict" / "predictions.csv").read_text().splitlines()
     assert lines[0] == "index,pred,confidence,target" and len(lines) == 361
 
 

@@ -15,12 +15,18 @@ command line (``--data.root ../shared/data``), several ``--config`` files. On to
 - ``--ckpt_path last`` (or ``best``) means the newest run of the same recipe: ``fit``
   resumes it in its own folder; ``validate``, ``test`` and ``predict`` evaluate that checkpoint.
 - ``validate``, ``test`` and ``predict`` of a checkpoint in a run folder
-  (``RUN/checkpoints/best.ckpt``) write into that run folder, need no ``--config`` (the run's
-  own ``config.yaml`` is used; other options still override it), keep the run's
-  ``config.yaml`` as its fit wrote it, and build the network without its pretrained
-  ``weights`` (the checkpoint holds every weight: nothing is downloaded).
+  (``RUN/checkpoints/best.ckpt``) write into a sub-folder of their own, ``RUN/test/`` (its
+  config, hparams, metrics, ``metrics.json``, confusion matrix), ``RUN/validate/``,
+  ``RUN/predict/``, and never touch what fit wrote; they need no ``--config`` (the run's own
+  ``config.yaml`` is used; other options still override it), and build the network without its
+  pretrained ``weights`` (the checkpoint holds every weight: nothing is downloaded).
+- A saved ``config.yaml`` (Lightning's ``# lightning.pytorch==`` header) runs again under any
+  command: the options of other commands are left out, and ``fit`` starts a new run in a new
+  folder instead of resuming the saved ``ckpt_path`` (it says so, and how to resume).
+- ``--ckpt_path`` is checked before anything reads it (`read_checkpoint`): a missing, corrupt
+  or unsafe file is one line.
 - ``zoo predict --ckpt_path RUN/checkpoints/best.ckpt --data.predict_root FOLDER`` predicts
-  the unlabelled images in FOLDER (any layout) and writes ``RUN/predictions.csv``: path,
+  the unlabelled images in FOLDER (any layout) and writes ``RUN/predict/predictions.csv``: path,
   class name, confidence and the next most probable classes (`ImageFolderDataModule` runs).
 - The number of classes and of input channels go from the data module to the task.
 - Checkpoints are written atomically (`zoo.training.checkpoint.AtomicCheckpointIO`): a kill
@@ -44,7 +50,7 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -188,8 +194,17 @@ class ZooCLI(LightningCLI):
         with weights_from_checkpoint() if from_checkpoint else contextlib.nullcontext():
             super().instantiate_classes()
 
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        # hparams.yaml (and the checkpoint) record the data module's class and arguments under `data`,
+        # beside the task's own (a key of their own: a task and a data module may share argument names)
+        data = self.config[self.subcommand]["data"] if self.subcommand else None
+        if data is not None and self.datamodule is not None:
+            self.datamodule.save_hyperparameters({"data": _plain_config(data)})
+
     def _log_into(self, config: Any, run: Path) -> None:
-        """Write this command's outputs (predictions.csv, metrics.json) into the checkpoint's run folder."""
+        """Write this command's outputs (its config, metrics, predictions) into ``RUN/<command>/``, a sub-folder
+        of the checkpoint's run folder: evaluation never touches the files that fit wrote."""
         if self._run_root(config) is None:
             return
         args = config["trainer"]["logger"]["init_args"]
@@ -198,7 +213,7 @@ class ZooCLI(LightningCLI):
         except ValueError:  # another drive
             save_dir = ".."
         save_dir = str(run.parent.parent.resolve()) if save_dir.startswith("..") else save_dir
-        args["save_dir"], args["name"], args["version"] = save_dir, run.parent.name, run.name
+        args["save_dir"], args["name"], args["version"] = save_dir, run.parent.name, f"{run.name}/{self.subcommand}"
 
     def _run_root(self, config: Any) -> Path | None:
         logger = config["trainer"].get("logger")
@@ -229,7 +244,11 @@ class ZooCLI(LightningCLI):
             )
         run = runs[-1]
         config["ckpt_path"] = str(run / "checkpoints" / f"{which}.ckpt")
-        config["trainer"]["logger"]["init_args"]["version"] = run.name
+        if self.subcommand == "fit":  # resume in the run's own folder; its metrics.csv goes on
+            config["trainer"]["logger"]["init_args"]["version"] = run.name
+            config["trainer"]["logger"]["init_args"]["append"] = True
+        else:
+            self._log_into(config, run)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # the throttled progress bar, unless the config turns bars off or brings its own
@@ -275,16 +294,6 @@ class ZooCLI(LightningCLI):
         print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder}{said})")
 
 
-class SaveRunConfig(SaveConfigCallback):
-    """Lightning's config.yaml writer, except that validating, testing or predicting leaves a run's own config."""
-
-    def setup(self, trainer: Any, pl_module: LightningModule, stage: str) -> None:
-        folder = run_folder(trainer)
-        if stage != "fit" and folder is not None and (folder / self.config_filename).is_file():
-            return
-        super().setup(trainer, pl_module, stage)
-
-
 def _local_checkpoint(ckpt: Any) -> bool:
     """Whether `ckpt` names a local file (not best/last, a URL, or Lightning's hpc/registry)."""
     return bool(ckpt) and "://" not in str(ckpt) and ckpt not in ("last", "best", "hpc", "registry")
@@ -298,24 +307,91 @@ def _run_of(ckpt: Path) -> Path | None:
     return None
 
 
-def _with_run_config(argv: list[str], folder: Path) -> list[str]:
-    """`argv` with ``--config RUN/config.yaml`` (adapted) when validating, testing or predicting a run's checkpoint
-    without a recipe; the adapted copy is written into `folder`, named after the recipe."""
-    if not argv or argv[0] not in ("validate", "test", "predict"):
-        return argv
-    if any(a == "--config" or a.startswith("--config=") for a in argv):
+def _with_run_config(argv: list[str]) -> list[str]:
+    """`argv` with ``--config RUN/config.yaml`` when validating, testing or predicting a run's checkpoint
+    without a recipe."""
+    if not argv or argv[0] not in ("validate", "test", "predict") or _config_files(argv):
         return argv
     ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
     ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
     run = _run_of(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
     if run is None or not (run / "config.yaml").is_file():
         return argv
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    for key in ("test_after_fit", "test_ckpt", "ckpt_path"):  # fit's own options
-        config.pop(key, None)
-    adapted = folder / f"{run.parent.name}.yaml"  # the recipe's name, for the logger
-    adapted.write_text(yaml.safe_dump(config, sort_keys=False))
-    return [argv[0], "--config", str(adapted), *argv[1:]]
+    return [argv[0], "--config", str(run / "config.yaml"), *argv[1:]]
+
+
+SECTIONS = ("seed_everything", "trainer", "model", "data", "checkpoint", "optimizer", "lr_scheduler")
+
+
+def _options(subcommand: str) -> set[str]:
+    """The top-level options a subcommand takes besides the sections: its Trainer method's arguments."""
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    names = set(inspect.signature(getattr(Trainer, subcommand)).parameters) - {"self"}
+    return names | ({"test_after_fit", "test_ckpt"} if subcommand == "fit" else set())
+
+
+def _with_saved_configs(argv: list[str], folder: Path) -> list[str]:
+    """`argv` with every saved config (a run's ``config.yaml``: Lightning's ``# lightning.pytorch==`` header)
+    replaced by a copy in `folder` that runs again under this command: the options of other commands left out
+    (``return_predictions`` is predict's), the logger's fixed folder dropped, and for ``fit`` a new run rather
+    than a resume of the saved ``ckpt_path`` (said in one line). The copy is named after the recipe."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(argv):
+        name = (
+            argv[i + 1]
+            if arg == "--config" and i + 1 < len(argv)
+            else arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else None
+        )
+        if name is None or not Path(name).is_file():
+            continue
+        text = Path(name).read_text(errors="replace")
+        if not text.startswith("# lightning.pytorch=="):
+            continue
+        config = yaml.safe_load(text)
+        if not isinstance(config, dict):
+            continue
+        options = _options(argv[0])
+        config = {k: v for k, v in config.items() if k in SECTIONS or k in options}
+        logger = (config.get("trainer") or {}).get("logger")
+        args = logger.get("init_args") if isinstance(logger, dict) else None
+        if isinstance(args, dict):
+            args.pop("version", None)  # a new version folder (evaluation of a run's checkpoint: RUN/<command>/)
+            args.pop("append", None)
+        saved_ckpt = config.get("ckpt_path")
+        if argv[0] == "fit" and saved_ckpt:
+            config["ckpt_path"] = None
+            print(
+                f"zoo: {name} is a saved config: it trains a new run; to resume from its checkpoint "
+                f"add --ckpt_path {saved_ckpt}",
+                file=sys.stderr,
+            )
+        recipe = args.get("name") if isinstance(args, dict) and args.get("name") else Path(name).parent.parent.name
+        adapted = folder / f"{len(list(folder.iterdir()))}" / f"{recipe or 'config'}.yaml"
+        adapted.parent.mkdir()
+        adapted.write_text(yaml.safe_dump(config, sort_keys=False))
+        if arg == "--config":
+            out[i + 1] = str(adapted)
+        else:
+            out[i] = f"--config={adapted}"
+    return out
+
+
+def _plain_config(config: Any) -> Any:
+    """A jsonargparse Namespace (or a value inside one) as plain dicts and lists, for hparams.yaml."""
+    if hasattr(config, "as_dict"):
+        config = config.as_dict()
+    if isinstance(config, dict):
+        return {k: _plain_config(v) for k, v in config.items() if not str(k).startswith("__")}
+    if isinstance(config, list | tuple):
+        return [_plain_config(v) for v in config]
+    return config if isinstance(config, str | int | float | bool | type(None)) else str(config)
 
 
 def _config_files(argv: list[str]) -> list[str]:
@@ -408,7 +484,6 @@ def run(argv: list[str] | None) -> ZooCLI:
         parser_class=ZooArgumentParser,
         recipe=recipe,
         args=argv,
-        save_config_callback=SaveRunConfig,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
@@ -430,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = tempfile.TemporaryDirectory(prefix="zoo-")
     try:
         _check_configs(argv)
-        argv = _with_run_config(argv, Path(scratch.name))
+        argv = _with_saved_configs(_with_run_config(argv), Path(scratch.name))
         sys.argv = [saved[0] if saved else "zoo", *argv]  # LightningCLI reads sys.argv
         run(None)
     except KeyboardInterrupt:

@@ -16,10 +16,12 @@ only when a plot is drawn, with the Agg backend (no display needed).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -61,8 +63,9 @@ def read_metrics(path: str | Path) -> dict[str, list[tuple[float, float]]]:
     return dict(series)
 
 
-def plot_curves(metrics_csv: str | Path, out: str | Path, title: str = "") -> Path | None:
-    """Draw the per-epoch losses (left) and the other metrics (right) of a run into `out` (PNG)."""
+def curves_figure(metrics_csv: str | Path, title: str = "") -> Any:
+    """The per-epoch losses (left, on a log axis: one spike does not flatten the rest) and the other metrics
+    (right) of a run, as a matplotlib figure; None when nothing per epoch was logged."""
     series = {k: v for k, v in read_metrics(metrics_csv).items() if not k.endswith("_step") and v}
     if not series:
         return None
@@ -80,51 +83,58 @@ def plot_curves(metrics_csv: str | Path, out: str | Path, title: str = "") -> Pa
         ax.grid(alpha=0.3)
         if group:
             ax.legend(fontsize=8)
+    if losses and all(y > 0 for points in losses.values() for _, y in points):
+        axes[0].set_yscale("log")
+        axes[0].set_ylabel("loss (log scale)")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(metrics_csv: str | Path, out: str | Path, title: str = "") -> Path | None:
+    """Draw `curves_figure` of a run's ``metrics.csv`` into `out` (PNG)."""
+    fig = curves_figure(metrics_csv, title)
+    if fig is None:
+        return None
     out = Path(out)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out
+
+
+def confusion_matrix_figure(matrix: Tensor, classes: list[str]) -> Any:
+    """A confusion matrix drawn by torchmetrics' `MulticlassConfusionMatrix.plot` (each number's colour from
+    its own cell's colour, so never white on white), on a figure sized to the number of classes."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    plt = _pyplot()
+    n = len(classes)
+    cell = 0.5  # inches
+    fig, ax = plt.subplots(figsize=(2 + cell * n, 1.5 + cell * n), layout="constrained")
+    MulticlassConfusionMatrix(num_classes=n).plot(matrix.cpu(), ax=ax, labels=list(classes), cmap="Blues")
+    digits = max(len(str(int(v))) for v in matrix.flatten().tolist())
+    for text in ax.texts:  # torchmetrics writes 15 pt: make the widest number fit its cell
+        text.set_fontsize(min(12, 0.8 * cell * 72 / (0.6 * digits)))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return fig
 
 
 def save_confusion_matrix(matrix: Tensor, classes: list[str], folder: str | Path) -> None:
     """Write a confusion matrix (rows: true class, columns: predicted) as CSV and PNG into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    m = matrix.tolist()
     with open(folder / "confusion_matrix.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, m, strict=True):
+        for name, row in zip(classes, matrix.tolist(), strict=True):
             w.writerow([name, *row])
     if len(classes) > 50:  # unreadable as a picture; the CSV has it
         return
-    plt = _pyplot()
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * n, 1 + 0.45 * n))
-    ax.imshow(matrix.float().numpy(), cmap="Blues")
-    ax.set_xticks(range(n), classes, rotation=45 if n > 5 else 0, ha="right" if n > 5 else "center", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = max(max(r) for r in m) or 1
-    for i in range(n):
-        for j in range(n):
-            if m[i][j]:
-                ax.text(
-                    j,
-                    i,
-                    str(m[i][j]),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if m[i][j] > top / 2 else "black",
-                )
-    fig.tight_layout()
+    fig = confusion_matrix_figure(matrix, classes)
     fig.savefig(folder / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def run_folder(trainer: L.Trainer) -> Path | None:
@@ -149,23 +159,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        # Lightning deletes an existing metrics.csv here; a resumed run appends to it instead
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = list(next(csv.reader(f), []))
-
-
 class CSVLogger(_LightningCSVLogger):
-    """Lightning's CSVLogger, except that a run resumed in its folder appends to its ``metrics.csv``."""
+    """Lightning's CSVLogger; with ``append=True`` (a run resumed in its own folder) it goes on with the
+    folder's ``metrics.csv`` instead of deleting it (the CLI sets it when ``fit --ckpt_path last`` resumes).
+
+    Args:
+        append: keep the rows of an existing ``metrics.csv`` and add the new ones after them.
+        *args, **kwargs: Lightning's `CSVLogger` arguments (``save_dir``, ``name``, ``version``, ...).
+    """
+
+    def __init__(self, *args: Any, append: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.append = append
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            metrics = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+            kept = metrics.read_bytes() if self.append and metrics.is_file() else None
+            with warnings.catch_warnings():
+                if kept is not None:  # "previous log files will be deleted": not this time
+                    warnings.filterwarnings("ignore", message="Experiment logs directory")
+                self._experiment = ExperimentWriter(log_dir=self.log_dir)  # deletes metrics.csv
+            if kept is not None:
+                metrics.write_bytes(kept)
+                self._experiment.metrics_keys = next(csv.reader(io.StringIO(kept.decode())), [])
         return self._experiment
 
 
@@ -232,12 +251,14 @@ class RunReport(L.Callback):
             **metrics,
             "model": hp.get("model"),
             "data": type(trainer.datamodule).__name__ if trainer.datamodule is not None else None,
-            "epochs_trained": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "fit_seconds": None if self.fit_seconds is None else round(self.fit_seconds, 2),
-            "wall_seconds": round(time.perf_counter() - self.start, 2),
-            "ckpt_path": trainer.ckpt_path,
         }
+        if self.fit_seconds is not None:  # the test after fit; a later `zoo test` trained nothing
+            report.update(
+                epochs_trained=trainer.current_epoch,
+                global_step=trainer.global_step,
+                fit_seconds=round(self.fit_seconds, 2),
+            )
+        report.update(wall_seconds=round(time.perf_counter() - self.start, 2), ckpt_path=trainer.ckpt_path)
         health = next((c for c in trainer.callbacks if isinstance(c, RunHealth)), None)
         if health is not None and health.findings is not None:  # after a fit: see zoo.training.health
             report["health"] = health.report()
