@@ -57,3 +57,91 @@ def test_off_gives_one_hot_targets_and_bad_alphas_are_errors():
     assert out is x and torch.equal(target, torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
     with pytest.raises(ConfigurationError, match="mixup_alpha must be a number >= 0"):
         BatchMix(3, mixup_alpha=-1)
+
+
+# ------------------------------------------------------------------ the task options
+
+
+def test_task_option_no_decay_norms_and_biases():
+    from functools import partial
+
+    from zoo.training import ClassificationTask
+
+    optimizer = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
+    plain = ClassificationTask("resnet20", num_classes=10, optimizer=optimizer).configure_optimizers()
+    assert {g["weight_decay"] for g in plain.param_groups} == {0.05}  # off by default
+    task = ClassificationTask("resnet20", num_classes=10, optimizer=optimizer, no_decay_norms_and_biases=True)
+    opt = task.configure_optimizers()
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in task.named_parameters():
+        assert decay_of[id(p)] == (0.0 if p.ndim == 1 else 0.05), name
+
+
+def test_task_option_mixup_feeds_the_loss_mixed_targets(monkeypatch):
+    from zoo.training import ClassificationTask
+
+    torch.manual_seed(0)
+    task = ClassificationTask("lenet5", num_classes=10, in_channels=1, mixup_alpha=0.4)
+    assert task.mix and not ClassificationTask("lenet5", num_classes=10, in_channels=1).mix
+    monkeypatch.setattr(task, "log", lambda *a, **k: None)
+    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
+    seen = {}
+    mix = task.mix
+
+    def spy(images, labels):
+        seen["x"], seen["target"] = mix(images, labels)
+        return seen["x"], seen["target"]
+
+    monkeypatch.setattr(task, "mix", spy)
+    loss = task.training_step((x, y), 0)
+    expected = torch.nn.functional.cross_entropy(task(seen["x"]), seen["target"])
+    torch.testing.assert_close(loss, expected)
+    assert not torch.equal(seen["x"], x) and seen["target"].shape == (8, 10)
+
+
+def test_task_option_ema_evaluates_and_saves_the_averaged_weights(tmp_path):
+    import lightning as L
+
+    from zoo.training import ClassificationTask, DigitsDataModule
+    from zoo.training.checkpoint import read_checkpoint
+
+    torch.manual_seed(0)
+    task = ClassificationTask("lenet5", num_classes=10, in_channels=1, ema_decay=0.9)
+    seen = []
+
+    class Probe(L.Callback):
+        """Keeps its own EMA of the raw weights after every step; at validation, the module must hold it."""
+
+        average: dict | None = None
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            raw = {n: p.detach().clone() for n, p in module.named_parameters()}
+            if self.average is None:  # AveragedModel's first update copies
+                self.average = raw
+            else:
+                self.average = {n: 0.9 * self.average[n] + 0.1 * raw[n] for n in raw}
+            self.raw = raw
+
+        def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+            if self.average is None:  # the sanity check, before any step
+                return
+            now = dict(module.named_parameters())
+            seen.append(all(torch.allclose(now[n], self.average[n], atol=1e-6) for n in now))
+            seen.append(any(not torch.equal(now[n], self.raw[n]) for n in now))
+
+    dm = DigitsDataModule(batch_size=64)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=5,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+        callbacks=[Probe(), L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last")],
+        logger=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(task, dm)
+    assert seen == [True, True]  # validation ran on the averaged weights, which differ from the raw ones
+    ckpt = read_checkpoint(tmp_path / "last.ckpt")  # zoo's safe reader takes the EMA checkpoint
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())

@@ -67,8 +67,10 @@ from torchmetrics.classification import (
 )
 
 import zoo
+from zoo.checks import check_bool, check_number
 from zoo.errors import ConfigurationError, InvalidArgumentError, NonFiniteLossError
 from zoo.models.base import InceptionOutput
+from zoo.training.regularization import BatchMix, ema_callback, split_weight_decay
 
 
 def center_crop(t: Tensor, size: tuple[int, int]) -> Tensor:
@@ -180,9 +182,13 @@ class _Task(L.LightningModule):
         compile: bool = False,
         tta: bool = False,
         weights: str | None = None,
+        no_decay_norms_and_biases: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.no_decay_norms_and_biases = check_bool(no_decay_norms_and_biases, "no_decay_norms_and_biases")
+        self.ema_decay = None if ema_decay is None else check_number(ema_decay, "ema_decay", below=1)
         model_args = dict(model_args or {})
         if "weights" in model_args:
             raise InvalidArgumentError(
@@ -233,8 +239,15 @@ class _Task(L.LightningModule):
         """What the optimizer is given: the trainable parameters, in groups (see `ClassificationTask`)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def configure_callbacks(self) -> list[Any]:
+        """With `ema_decay`, Lightning's EMA of the weights: validation, test and checkpoints use the average."""
+        return [ema_callback(self.ema_decay)] if self.ema_decay is not None else []
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameter_groups())
+        groups = self.parameter_groups()
+        if self.no_decay_norms_and_biases:  # as timm's param_groups_weight_decay
+            groups = split_weight_decay(groups, self)
+        optimizer = self.optimizer(groups)
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_factor", 1.0)
         if self.lr_scheduler is None:
@@ -283,6 +296,14 @@ class ClassificationTask(_Task):
             ``net.stages``); an int n freezes the first n stages; ``false`` (or 0) trains all.
         backbone_lr_factor: the parameters inside ``net.stages`` train at the optimizer's
             learning rate times this factor (0.1: ten times slower than the head).
+        mixup_alpha, cutmix_alpha: MixUp / CutMix of each training batch (torchvision's
+            ``transforms.v2``; Beta(alpha, alpha)); 0 (the default) turns each off, and with both
+            on each batch gets one of the two. The loss then takes the mixed class probabilities.
+        no_decay_norms_and_biases: put norm layers' parameters, biases and layer scales in an
+            optimizer group with ``weight_decay=0`` (timm's ``param_groups_weight_decay``).
+        ema_decay: keep an exponential moving average of the weights (e.g. 0.999 per step;
+            Lightning's ``EMAWeightAveraging``): validation, test and the saved checkpoints use
+            the averaged weights. None (the default) keeps none.
     """
 
     monitor = ("val/acc", "max")
@@ -304,11 +325,27 @@ class ClassificationTask(_Task):
         weights: str | None = None,
         freeze_backbone: bool | int = False,
         backbone_lr_factor: float = 1.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        no_decay_norms_and_biases: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         _check_fine_tuning(freeze_backbone, backbone_lr_factor)  # before the network is built (or downloaded)
         super().__init__(
-            model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last, compile, tta, weights
+            model,
+            model_args,
+            num_classes,
+            in_channels,
+            optimizer,
+            lr_scheduler,
+            channels_last,
+            compile,
+            tta,
+            weights,
+            no_decay_norms_and_biases=no_decay_norms_and_biases,
+            ema_decay=ema_decay,
         )
+        self.mix = BatchMix(num_classes, mixup_alpha, cutmix_alpha)
         self.frozen_stages = self._frozen_stages(freeze_backbone, backbone_lr_factor)
         self.backbone_lr_factor = float(backbone_lr_factor)
         self._frozen_norms: list[nn.Module] = []
@@ -386,13 +423,18 @@ class ClassificationTask(_Task):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        if self.mix:  # mixed images; the loss takes the mixed class probabilities, the accuracy their argmax
+            x, target = self.mix(x, y)
+            y = target.argmax(1)
+        else:
+            target = y
         out = self(x)
         if isinstance(out, InceptionOutput):
             logits = out.logits
-            loss = self._loss(logits, y) + self.aux_weight * sum(self._loss(a, y) for a in out.aux_logits)
+            loss = self._loss(logits, target) + self.aux_weight * sum(self._loss(a, target) for a in out.aux_logits)
         else:
             logits = out
-            loss = self._loss(logits, y)
+            loss = self._loss(logits, target)
         self.train_acc(logits.detach(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
