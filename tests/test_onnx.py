@@ -266,6 +266,19 @@ def test_predict_on_onnx_errors_are_one_line(tmp_path: Path, capsys: pytest.Capt
     assert "not --x" in capsys.readouterr().err
     assert main(["predict", "--ckpt_path", str(unet), "--data.predict_root", str(tmp_path)]) == 2
     assert "classifies images" in capsys.readouterr().err
+    # a run that did not record its preprocessing (an in-memory dataset): no made-up mean and std in the file
+    net = zoo.create("lenet5", num_classes=10, in_channels=1)
+    ckpt = tmp_path / "digits.ckpt"
+    hparams = {"model": "lenet5", "num_classes": 10, "in_channels": 1}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "hyper_parameters": hparams}, ckpt)
+    onnx_file = export_run(ckpt, tmp_path / "digits.onnx")
+    meta = OnnxModel(onnx_file).metadata
+    assert meta["model"] == "lenet5" and not {"mean", "std", "preprocessing"} & set(meta)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    assert main(["predict", "--ckpt_path", str(onnx_file), "--data.predict_root", str(tmp_path / "images")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not say how to prepare images" in err
 
 
 def test_bench_against_onnxruntime_times_every_path(capsys: pytest.CaptureFixture[str]) -> None:

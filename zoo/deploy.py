@@ -250,7 +250,8 @@ def export_onnx(
             parameter and buffer it reads becomes an input named as in the model's ``state_dict``,
             batch norms stay unfolded, and ``OnnxModel(path, weights=model)`` feeds them. For
             looking at the graph, and for the registry-wide test, which would otherwise write 9 GB.
-        metadata: more entries for the file's ``metadata_props`` (values not strings are written as JSON).
+        metadata: more entries for the file's ``metadata_props`` (values not strings are written as JSON;
+            None leaves out the entry, including the defaults: mean, std and preprocessing from the model card).
 
     Raises:
         InputShapeError: the network cannot take `input_size` (the message names the sizes it can take).
@@ -427,7 +428,12 @@ def export_run(
         "recipe": info.get("recipe"),
         "metrics": info.get("metrics"),
     }
-    extra = {k: v for k, v in extra.items() if v is not None}
+    if info.get("model") and not isinstance(pre, dict):
+        # a run on an in-memory dataset (digits, MNIST, CIFAR) normalised with statistics it did not
+        # record: the model card's would be wrong, so the file says nothing rather than something false
+        extra |= {"preprocessing": None, "mean": None, "std": None}
+    else:
+        extra = {k: v for k, v in extra.items() if v is not None}
     return export_onnx(
         net,
         output,
@@ -512,8 +518,9 @@ class OnnxModel:
         pre = self.metadata.get("preprocessing")
         if not isinstance(pre, dict):
             raise WeightsError(
-                f"{self.path} does not say how to prepare images (no preprocessing in its metadata); "
-                "export it with zoo export"
+                f"{self.path} does not say how to prepare images (no preprocessing in its metadata: its run did "
+                "not record one, as runs on ImageFolderDataModule do); normalise images yourself and call "
+                "zoo.deploy.OnnxModel"
             )
         return pre
 
