@@ -86,3 +86,53 @@ def test_cache_computes_each_slice_once():
 def test_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
         unet_weight_map(**kwargs)
+
+
+def _cells_slice(n: int) -> np.ndarray:
+    """A 64x64 label: 8x8 grid of 6x6 cells (255) separated by 2-px membranes (0), shifted per slice."""
+    label = np.zeros((64, 64), dtype=np.uint8)
+    for r in range(0, 64, 8):
+        for c in range(0, 64, 8):
+            label[r + 1 + n % 2 : r + 7, c + 1 : c + 7] = 255
+    return label
+
+
+def test_isbi_data_module_carries_the_weight_map_through_augmentation(tmp_path):
+    from torchvision.io import write_png
+
+    from zoo.training import ISBI2012DataModule
+    from zoo.training.weight_map import WeightedLabels
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    for n in range(4):
+        label = torch.from_numpy(_cells_slice(n))[None]
+        write_png(label, str(tmp_path / "labels" / f"{n}.png"))
+        write_png(255 - label, str(tmp_path / "images" / f"{n}.png"))
+    dm = ISBI2012DataModule(str(tmp_path), crop_size=32, val_slices=(3,), weight_map=True, batch_size=2)
+    dm.setup("fit")
+    x, y = dm.splits["train"].__getitems__([0, 1])
+    assert y.shape == (2, 2, 64, 64) and y.dtype == torch.float32  # label and weights, stacked
+    torch.testing.assert_close(y[1, 1], unet_weight_map(_cells_slice(1) > 0))  # slice 1, computed once
+    torch.manual_seed(0)
+    xb, target = dm.on_after_batch_transfer((x, y), 0)
+    assert isinstance(target, WeightedLabels) and xb.shape == (2, 1, 32, 32)
+    assert target.labels.dtype == torch.long and set(target.labels.unique().tolist()) <= {0, 1}
+    # membranes between cells weigh more than cell interiors; every weight is at least a class weight
+    membrane, cell = target.weights[target.labels == 0], target.weights[target.labels == 1]
+    assert membrane.mean() > 2 * cell.mean() and float(target.weights.min()) > 0
+    _, val_y = dm.splits["val"].__getitems__([0])
+    assert val_y.dim() == 3  # evaluation keeps plain labels
+
+
+def test_segmentation_loss_weighs_each_pixel():
+    from zoo.training import SegmentationTask
+    from zoo.training.weight_map import WeightedLabels
+
+    task = SegmentationTask("unet_padded", {"width": 4}, num_classes=2, in_channels=1)
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 2, 16, 16), torch.randint(0, 2, (2, 16, 16))
+    weights = torch.rand(2, 16, 16) * 5
+    per_pixel = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    torch.testing.assert_close(task._loss(logits, WeightedLabels(labels, weights)), (per_pixel * weights).mean())
+    torch.testing.assert_close(task._loss(logits, labels), per_pixel.mean())  # plain labels: unweighted

@@ -71,6 +71,7 @@ from zoo.checks import check_bool, check_number
 from zoo.errors import ConfigurationError, InvalidArgumentError, NonFiniteLossError
 from zoo.models.base import InceptionOutput
 from zoo.training.regularization import BatchMix, ema_callback, split_weight_decay
+from zoo.training.weight_map import WeightedLabels
 
 
 def center_crop(t: Tensor, size: tuple[int, int]) -> Tensor:
@@ -568,9 +569,15 @@ class SegmentationTask(_Task):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
-    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+    def _loss(self, logits: Tensor, y: Tensor | WeightedLabels) -> Tensor:
+        weights = None
+        if isinstance(y, WeightedLabels):  # the U-Net paper's per-pixel weights (ISBI2012DataModule(weight_map=True))
+            y, weights = y.labels, center_crop(y.weights, logits.shape[-2:])
         logits, y = logits.float(), center_crop(y, logits.shape[-2:])
-        loss = F.cross_entropy(logits, y, weight=self.class_weights)
+        if weights is None:
+            loss = F.cross_entropy(logits, y, weight=self.class_weights)
+        else:
+            loss = (F.cross_entropy(logits, y, weight=self.class_weights, reduction="none") * weights).mean()
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(logits, y)
         return loss

@@ -24,6 +24,7 @@ crops and flips of the training data then crop and flip the map with the label.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -116,3 +117,10 @@ class WeightMapCache:
 
     def __len__(self) -> int:
         return len(self._maps)
+
+
+class WeightedLabels(NamedTuple):
+    """A training batch's segmentation target with its per-pixel loss weights (`SegmentationTask` uses both)."""
+
+    labels: Tensor  # (B, H, W) class indices
+    weights: Tensor  # (B, H, W) float

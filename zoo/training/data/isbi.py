@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.checks import check_bool
 from zoo.errors import DatasetError, DatasetNotFoundError
 from zoo.training.data.augment import elastic_grid
 from zoo.training.data.images import decode_image_bytes
 from zoo.training.data.memory import InMemoryDataModule, InMemoryDataset
+from zoo.training.weight_map import WeightedLabels, unet_weight_map
 
 
 class ISBI2012DataModule(InMemoryDataModule):
@@ -46,6 +48,11 @@ class ISBI2012DataModule(InMemoryDataModule):
         max_rotation: largest rotation in degrees, besides the random 90-degree turns.
         elastic_sigma: standard deviation of the elastic displacements in pixels (0: none).
         hflip: random mirror images (with the quarter turns: all eight orientations).
+        weight_map: weigh each training pixel's loss by the U-Net paper's weight map (class
+            balance plus a border term on the membranes between touching cells; computed once
+            per slice by `zoo.training.weight_map.unet_weight_map`, then cropped, turned and
+            deformed with the label). The training targets are then `WeightedLabels`.
+        w0, sigma: the weight map's border term (the paper's 10 and about 5 pixels).
         See `InMemoryDataModule` for the rest.
     """
 
@@ -66,6 +73,9 @@ class ISBI2012DataModule(InMemoryDataModule):
         batch_size: int = 4,
         eval_batch_size: int | None = 1,
         hflip: bool = True,
+        weight_map: bool = False,
+        w0: float = 10.0,
+        sigma: float = 5.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, batch_size=batch_size, eval_batch_size=eval_batch_size, hflip=hflip, **kwargs)
@@ -76,6 +86,7 @@ class ISBI2012DataModule(InMemoryDataModule):
             )
         self.crop_size, self.mirror_pad, self.val_slices = crop_size, mirror_pad, tuple(val_slices)
         self.samples_per_epoch, self.max_rotation, self.elastic_sigma = samples_per_epoch, max_rotation, elastic_sigma
+        self.weight_map, self.w0, self.sigma = check_bool(weight_map, "weight_map", "ISBI2012DataModule"), w0, sigma
 
     def _folder(self) -> Path:
         root = Path(self.root)
@@ -107,10 +118,16 @@ class ISBI2012DataModule(InMemoryDataModule):
         if not held or not kept:
             raise DatasetError(f"{folder}: val_slices {self.val_slices} must name some, but not all, of the slices")
         train_x, train_y = images[kept], labels[kept]
+        if self.weight_map:  # (N, 2, H, W) float: the label and its weights, transformed together
+            maps = torch.stack([unet_weight_map(y, self.w0, self.sigma) for y in train_y])
+            train_y = torch.stack([train_y.float(), maps], 1)
         if self.mirror_pad:
             p = self.mirror_pad
             train_x = F.pad(train_x.float(), (p, p, p, p), mode="reflect").to(torch.uint8)
-            train_y = F.pad(train_y[:, None].float(), (p, p, p, p), mode="reflect")[:, 0].to(torch.uint8)
+            if self.weight_map:
+                train_y = F.pad(train_y, (p, p, p, p), mode="reflect")
+            else:
+                train_y = F.pad(train_y[:, None].float(), (p, p, p, p), mode="reflect")[:, 0].to(torch.uint8)
         return {"train": (train_x, train_y), "val": (images[held], labels[held]), "test": (images[held], labels[held])}
 
     def train_dataset(self, images: Tensor, targets: Tensor) -> InMemoryDataset:
@@ -127,8 +144,22 @@ class ISBI2012DataModule(InMemoryDataModule):
             device=x.device,
         )
         x = F.grid_sample(x.float(), grid, mode="bicubic", padding_mode="reflection", align_corners=False).clamp(0, 255)
-        y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)
-        return x, y[:, 0]
+        weighted = y.dim() == 4  # (B, 2, H, W): label and weight map
+        y = F.grid_sample(
+            y.float() if weighted else y[:, None].float(),
+            grid,
+            mode="nearest",
+            padding_mode="reflection",
+            align_corners=False,
+        )
+        return x, y if weighted else y[:, 0]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        if y.dim() != 4:  # plain labels (every evaluation batch, and training without the weight map)
+            return super().on_after_batch_transfer(batch, dataloader_idx)
+        x, y = self.augment(x, y)
+        return self.normalize(x), WeightedLabels(y[:, 0].long(), y[:, 1].contiguous())
 
 
 def _numeric(name: str) -> int | str:
