@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -113,6 +113,27 @@ def weights_from_checkpoint() -> Iterator[None]:
         yield
     finally:
         _SKIP_WEIGHTS.reset(token)
+
+
+class MeanLoss(Metric):
+    """The mean of a loss over every sample of every process (the sums are synchronised, then divided).
+
+    Lightning's own epoch mean of a ``sync_dist=True`` value divides the summed batch sizes by the
+    number of processes in integer arithmetic: wrong when the processes' shares differ, which they
+    do when every evaluation sample is counted once (45 test samples on 2 processes: 103.8 / 44).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, loss: Tensor, count: int) -> None:
+        self.total += loss.detach().double() * count
+        self.count += count
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count).float()
 
 
 def _non_finite_message(loss: Tensor, trainer: L.Trainer | None) -> str:
@@ -213,6 +234,7 @@ class _Task(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.tta = tta
+        self.eval_losses = nn.ModuleDict({"val": MeanLoss(), "test": MeanLoss()})
         if compile and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
             raise ConfigurationError(
                 "compile=True needs a C++ compiler for torch.compile (none of $CXX, g++, c++, clang++ is on PATH); "
@@ -220,6 +242,11 @@ class _Task(L.LightningModule):
             )
         # a compiled *function*, not a module attribute: the checkpoint keeps the plain `net.` keys
         self._compiled = torch.compile(self.net.forward) if compile else None
+
+    def _log_loss(self, stage: str, loss: Tensor, count: int) -> None:
+        """Log the evaluation loss of `stage` ("val", "test"): its mean over the samples of every process."""
+        self.eval_losses[stage].update(loss, count)
+        self.log(f"{stage}/loss", self.eval_losses[stage], prog_bar=True)
 
     def _input(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -450,7 +477,7 @@ class ClassificationTask(_Task):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
         x, y = batch
         logits = self.logits(x, tta=self.tta and stage == "test")
-        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
+        self._log_loss(stage, self._loss(logits, y), len(y))
         metrics.update(logits, y)
         for name, metric in metrics.items():
             self.log(name, metric, prog_bar=name == f"{stage}/acc")
@@ -613,7 +640,7 @@ class SegmentationTask(_Task):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> None:
         x, y = batch
         logits = self.predict_whole(x, tta=self.tta and stage == "test")
-        self.log(f"{stage}/loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
+        self._log_loss(stage, self._loss(logits, y), len(y))
         metrics.update(logits.float(), center_crop(y, logits.shape[-2:]))
         for name, metric in metrics.items():
             self.log(name, metric, prog_bar=name == f"{stage}/iou")

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo.checks import check_int
 from zoo.errors import DatasetError
@@ -62,6 +62,22 @@ def holdout(n: int, size: int | float, seed: int = 0) -> tuple[Tensor, Tensor]:
         raise DatasetError(f"val_size must leave images on both sides of the split, got {size!r} of {n} images")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[count:].sort().values, perm[:count].sort().values
+
+
+def _unpadded_sampler(dataset: Dataset, trainer: L.Trainer | None) -> Sampler | None:
+    """Under DDP, each process's share of an evaluation split, without the padding of Lightning's own sampler.
+
+    Lightning's `DistributedSampler` repeats the first samples until every process has as many:
+    the validation and test metrics (gathered from every process) would count them twice. This
+    one gives every sample to exactly one process (the shares differ by one at most); Lightning
+    leaves a `DistributedSampler` it is given as it is. None (Lightning's choice) on one process.
+    """
+    world = trainer.world_size if trainer is not None else 1
+    if world <= 1 or len(dataset) < world:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False)
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -152,6 +168,7 @@ class InMemoryDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=train,
+            sampler=None if train else _unpadded_sampler(dataset, self.trainer),
             drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
