@@ -38,18 +38,22 @@ command line (``--data.root ../shared/data``), several ``--config`` files. On to
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -57,7 +61,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from zoo.errors import ZooError
 from zoo.training.checkpoint import AtomicCheckpointIO, read_checkpoint
 from zoo.training.health import RunHealth
-from zoo.training.report import ProgressBar, RunReport, run_folder
+from zoo.training.report import ProgressBar, ProgressLines, RunReport, run_folder
 from zoo.training.tasks import weights_from_checkpoint
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -251,13 +255,14 @@ class ZooCLI(LightningCLI):
             self._log_into(config, run)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        # the throttled progress bar, unless the config turns bars off or brings its own
+        # a throttled bar on a terminal, plain lines into a file or pipe; unless the config turns progress off
+        # or brings its own display
         config = self._get(self.config_init, "trainer", default={})
         callbacks = list(config.get("callbacks") or [])
         if config.get("enable_progress_bar") is not False and not any(
-            isinstance(c, TQDMProgressBar | RichProgressBar) for c in callbacks
+            isinstance(c, ProgressBarBase) for c in callbacks
         ):
-            kwargs["callbacks"] = [*callbacks, ProgressBar()]
+            kwargs["callbacks"] = [*callbacks, ProgressBar() if sys.stdout.isatty() else ProgressLines()]
         # checkpoints written atomically (temporary file, fsync, rename), unless the config brings a CheckpointIO
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
@@ -496,6 +501,39 @@ def run(argv: list[str] | None) -> ZooCLI:
     )
 
 
+# Lightning's and torch's messages that a zoo user can do nothing about (warnings, as regexes of their start)
+QUIET_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch's pytree, called inside Lightning
+    r"The number of training batches \(\d+\) is smaller than the logging interval",  # epoch values are all logged
+    r"The dirpath has changed from",  # evaluating a run's checkpoint: its callback state is not needed
+)
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger ("💡 Tip: ... litlogger")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Within this block, the dependencies' messages in `QUIET_WARNINGS` and Lightning's tips are not shown."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    tips = _NoTips()
+    handlers = [*lightning_log.handlers, *logging.getLogger().handlers]
+    with warnings.catch_warnings():
+        for pattern in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for handler in handlers:
+            handler.addFilter(tips)
+        try:
+            yield
+        finally:
+            for handler in handlers:
+                handler.removeFilter(tips)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``zoo fit|validate|test|predict`` entry point: 0 on success, 2 on a user's mistake."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -507,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_configs(argv)
         argv = _with_saved_configs(_with_run_config(argv), Path(scratch.name))
         sys.argv = [saved[0] if saved else "zoo", *argv]  # LightningCLI reads sys.argv
-        run(None)
+        with _quiet():
+            run(None)
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
         return 130
