@@ -178,6 +178,8 @@ def test_an_adaptive_pool_exports_at_any_fixed_size(tmp_path: Path, monkeypatch:
     session = OnnxModel(path)
     assert session.batch_size == 1 and session.input_shape == [1, 3, 100, 80] and not session.feeds
     _check(alexnet, session, torch.randn(1, 3, 100, 80))
+    with pytest.raises(InputShapeError, match=r"on an input of shape \(1, 3, 80, 80\): the graph takes 1x3x100x80"):
+        session(torch.randn(1, 3, 80, 80))
 
 
 # --------------------------------------------------------------------------- a trained run: export and predict

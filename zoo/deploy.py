@@ -497,7 +497,16 @@ class OnnxModel:
         import numpy as np
 
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: array, **self.feeds})[0])
+        try:
+            out = self.session.run(None, {self.input_name: array, **self.feeds})[0]
+        except Exception as e:  # ONNX Runtime's messages run to several lines of graph internals
+            shape = "x".join(str(d) if isinstance(d, int) else "any" for d in self.input_shape)
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise InputShapeError(
+                f"ONNX Runtime cannot run {self.path.name} on an input of shape {tuple(x.shape)}: the graph takes "
+                f"{shape} ({first})"
+            ) from None
+        return torch.from_numpy(out)
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits for a batch of any size: a graph with a fixed batch runs it in pieces (the last one padded)."""
