@@ -11,7 +11,8 @@ from torch import nn
 
 import zoo
 from zoo.errors import ConfigurationError, InputShapeError, WeightsError
-from zoo.models.resnet import BasicBlock, Bottleneck, ResNet, ResNetConfig, ZeroPadShortcut
+from zoo.models.resnet import ResNet, ResNetConfig
+from zoo.models.resnet_blocks import BasicBlock, Bottleneck, ZeroPadShortcut
 from zoo.weights import import_weights
 
 IMAGENET = {
