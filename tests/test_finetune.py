@@ -396,4 +396,4 @@ def test_weights_go_to_zoo_create(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
     assert task.hparams["weights"] == str(tmp_path / "r18.pth")
     with pytest.raises(InvalidArgumentError, match="give the weights as the task's own argument"):
-        ClassificationTask("resnet18", {"weights": "torchvision"}, num_classes=2)
+        ClassificationTask("resnet18", model_args={"weights": "torchvision"}, num_classes=2)

@@ -29,8 +29,9 @@ def test_segmentation_tta_averages_all_eight_views(overlap_tile: bool) -> None:
     # averaged over every flip and quarter turn, the prediction turns with the image (which a
     # wrongly undone view would break), and it is a log-probability
     torch.manual_seed(0)
+    small = {"depth": 2, "width": 4}
     task = SegmentationTask(
-        "unet_padded", {"depth": 2, "width": 4}, num_classes=2, in_channels=1, tta=True, overlap_tile=overlap_tile
+        "unet_padded", model_args=small, num_classes=2, in_channels=1, tta=True, overlap_tile=overlap_tile
     ).eval()
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
@@ -75,10 +76,18 @@ def test_soft_dice_loss_is_small_for_a_right_prediction_and_large_for_a_wrong_on
 def test_dice_weight_adds_the_dice_loss_to_the_cross_entropy() -> None:
     torch.manual_seed(0)
     logits, y = torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))
-    plain = SegmentationTask("unet_padded", {"depth": 2, "width": 4})
-    weighted = SegmentationTask("unet_padded", {"depth": 2, "width": 4}, dice_weight=0.5)
+    plain = SegmentationTask("unet_padded", model_args={"depth": 2, "width": 4})
+    weighted = SegmentationTask("unet_padded", model_args={"depth": 2, "width": 4}, dice_weight=0.5)
     ce = torch.nn.functional.cross_entropy(logits, y)
     assert torch.allclose(plain._loss(logits, y), ce)
     assert torch.allclose(weighted._loss(logits, y), ce + 0.5 * soft_dice_loss(logits, y))
     with pytest.raises(InvalidArgumentError, match="dice_weight must be >= 0"):
-        SegmentationTask("unet_padded", {"depth": 2, "width": 4}, dice_weight=-1)
+        SegmentationTask("unet_padded", model_args={"depth": 2, "width": 4}, dice_weight=-1)
+
+
+@pytest.mark.parametrize("task", [ClassificationTask, SegmentationTask])
+def test_tasks_take_keyword_arguments_after_the_model(task: type) -> None:
+    # a positional model_args (or any other option) is a TypeError, not a silent misreading
+    with pytest.raises(TypeError, match="positional argument"):
+        task("lenet5", {"drop_rate": 0.1})
+    assert task.__init__.__kwdefaults__ and "model_args" in task.__init__.__kwdefaults__

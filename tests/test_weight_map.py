@@ -129,7 +129,7 @@ def test_segmentation_loss_weighs_each_pixel():
     from zoo.training import SegmentationTask
     from zoo.training.weight_map import WeightedLabels
 
-    task = SegmentationTask("unet_padded", {"width": 4}, num_classes=2, in_channels=1)
+    task = SegmentationTask("unet_padded", model_args={"width": 4}, num_classes=2, in_channels=1)
     torch.manual_seed(0)
     logits, labels = torch.randn(2, 2, 16, 16), torch.randint(0, 2, (2, 16, 16))
     weights = torch.rand(2, 16, 16) * 5

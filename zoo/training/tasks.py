@@ -195,6 +195,7 @@ class _Task(L.LightningModule):
     def __init__(
         self,
         model: str,
+        *,
         model_args: dict[str, Any] | None,
         num_classes: int,
         in_channels: int,
@@ -339,8 +340,8 @@ class ClassificationTask(_Task):
     def __init__(
         self,
         model: str = "lenet5",
-        model_args: dict[str, Any] | None = None,
         *,
+        model_args: dict[str, Any] | None = None,
         num_classes: int = 10,
         in_channels: int = 3,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -361,15 +362,15 @@ class ClassificationTask(_Task):
         _check_fine_tuning(freeze_backbone, backbone_lr_factor)  # before the network is built (or downloaded)
         super().__init__(
             model,
-            model_args,
-            num_classes,
-            in_channels,
-            optimizer,
-            lr_scheduler,
-            channels_last,
-            compile,
-            tta,
-            weights,
+            model_args=model_args,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            channels_last=channels_last,
+            compile=compile,
+            tta=tta,
+            weights=weights,
             no_decay_norms_and_biases=no_decay_norms_and_biases,
             ema_decay=ema_decay,
         )
@@ -557,8 +558,8 @@ class SegmentationTask(_Task):
     def __init__(
         self,
         model: str = "unet_padded",
-        model_args: dict[str, Any] | None = None,
         *,
+        model_args: dict[str, Any] | None = None,
         num_classes: int = 2,
         in_channels: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -572,7 +573,15 @@ class SegmentationTask(_Task):
         tta: bool = False,
     ) -> None:
         super().__init__(
-            model, model_args, num_classes, in_channels, optimizer, lr_scheduler, channels_last, compile, tta
+            model,
+            model_args=model_args,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            channels_last=channels_last,
+            compile=compile,
+            tta=tta,
         )
         if class_weights is not None and len(class_weights) != num_classes:
             raise InvalidArgumentError(
@@ -631,10 +640,7 @@ class SegmentationTask(_Task):
                     total = probs if total is None else total + probs
             return (total / 8).clamp_min(1e-12).log()
         if self.overlap_tile:
-            segment = getattr(zoo, "segment", None)
-            if segment is None:
-                raise InvalidArgumentError("overlap_tile needs zoo.segment, which this version of zoo does not have")
-            return segment(self.net, self._input(x), tile=self.tile)
+            return zoo.segment(self.net, self._input(x), tile=self.tile)
         return self(x)
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> None:
