@@ -7,10 +7,13 @@ metrics, the model and data, the wall time); after prediction ``predictions.csv`
 (classification: for the test split, each image's index, predicted class index, confidence
 and target; for unlabelled images, ``--data.predict_root``, each file's path, predicted
 class name and confidence and the next most probable classes, as `zoo.training.predict`
-returns them) or ``predictions/N.png`` masks (segmentation). `ProgressBar` is Lightning's
-progress bar, redrawn at most twice a second; `CSVLogger` is Lightning's, appending to the
-``metrics.csv`` of a resumed run instead of deleting it. matplotlib is imported
-only when a plot is drawn, with the Agg backend (no display needed).
+returns them) or ``predictions/N.png`` masks (segmentation). The run folder is the logger's:
+evaluating a run's checkpoint logs into ``RUN/test/`` (``validate/``, ``predict/``), so these
+files never replace fit's. `ProgressBar` is Lightning's progress bar for a terminal, redrawn at
+most twice a second; `ProgressLines` prints plain lines for a log file; `CSVLogger` is
+Lightning's, appending to the ``metrics.csv`` of a resumed run (``append=True``) instead of
+deleting it. matplotlib is imported only when a plot is drawn, with the Agg backend (no display
+needed); the confusion matrix is torchmetrics' own plot.
 """
 
 from __future__ import annotations
@@ -372,10 +375,6 @@ class RunReport(L.Callback):
         self._fit_start: float | None = None
         self._predictions: list[dict[str, Tensor]] = []
 
-    @staticmethod
-    def folder(trainer: L.Trainer) -> Path | None:
-        return run_folder(trainer)
-
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
 
@@ -386,7 +385,7 @@ class RunReport(L.Callback):
         self.plot(trainer)
 
     def plot(self, trainer: L.Trainer) -> Path | None:
-        folder = self.folder(trainer)
+        folder = run_folder(trainer)
         if folder is None or trainer.logger is None:
             return None
         trainer.logger.save()  # flush metrics.csv
@@ -397,7 +396,7 @@ class RunReport(L.Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        folder = self.folder(trainer)
+        folder = run_folder(trainer)
         if folder is None:
             return
         metrics = {k: _plain(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test/")}
@@ -431,7 +430,7 @@ class RunReport(L.Callback):
 
     @rank_zero_only
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        folder = self.folder(trainer)
+        folder = run_folder(trainer)
         if folder is None or not self._predictions:
             return
         folder.mkdir(parents=True, exist_ok=True)
