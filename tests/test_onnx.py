@@ -145,6 +145,7 @@ def test_dynamic_size_is_refused_where_the_graph_depends_on_the_size(tmp_path: P
             export_onnx(model, tmp_path / "x.onnx", input_size=64, dynamic_size=True)
     assert dynamic_size_problem(zoo.create("unet_padded", pad_input=True)) is not None
     assert not (tmp_path / "x.onnx").exists()
+    assert zoo.export_onnx is export_onnx  # the top-level name, imported on first use
 
 
 def test_an_impossible_input_size_is_the_models_one_line_error(

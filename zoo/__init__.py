@@ -21,6 +21,7 @@ __all__ = [
     "analyze",
     "compare",
     "create",
+    "export_onnx",
     "list_models",
     "model_info",
     "predict",
@@ -37,6 +38,10 @@ def __getattr__(name: str) -> object:
         from zoo import analysis
 
         return getattr(analysis, name)
+    if name == "export_onnx":  # zoo.deploy.export_onnx (onnx is imported only when it is used)
+        from zoo.deploy import export_onnx
+
+        return export_onnx
     if name == "predict":  # zoo.training.predict: Lightning is imported only when it is used
         from zoo.training.prediction import predict
 
