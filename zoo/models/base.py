@@ -28,6 +28,7 @@ the model was created with ``pad_input=True``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -35,7 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from zoo.arithmetic import LayerGeometry, collapse_point, min_input_size, module_chain
+from zoo.arithmetic import LayerGeometry, collapse_point, min_input_size, module_chain, output_sizes
 from zoo.checks import check_int
 from zoo.errors import ConfigurationError, InputShapeError
 from zoo.layers import mirror_pad
@@ -174,6 +175,33 @@ class ZooNetwork(nn.Module):
             return
         self._check_tensor(x)
         self._check_size(x.shape[-2], x.shape[-1])
+        if self.training and x.shape[0] == 1:
+            self._check_single_sample_batch_norm(x.shape[-2], x.shape[-1])
+
+    def _check_single_sample_batch_norm(self, h: int, w: int) -> None:
+        """In training mode, batch norm needs more than one value per channel: a batch of one
+        image fails at the first batch norm whose map is 1x1. Name that layer (found once per
+        input size from the per-layer shapes of `zoo.analysis.summary`) instead of torch's error."""
+        cache = self.__dict__.setdefault("_single_sample_bn", {})
+        if (h, w) not in cache:
+            cache[(h, w)] = None
+            # only where the main path reaches a 1x1 map (the arithmetic says so at once) is a layer looked for
+            smallest = min((a * b for a, b in output_sizes(self.spatial_chain(), (h, w))), default=h * w)
+            has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+            if smallest == 1 and has_norm:
+                from zoo.analysis import summary
+
+                rows = summary(self, (self.in_channels, h, w)).layers
+                cache[(h, w)] = next(
+                    (r.name for r in rows if "BatchNorm" in r.type and math.prod(r.output_shape[2:]) == 1), None
+                )
+        layer = cache[(h, w)]
+        if layer is not None:
+            raise InputShapeError(
+                f"{self.model_name} in training mode with a batch of 1 image of {h}x{w}: batch norm {layer} sees a "
+                "1x1 map, one value per channel, from which it cannot take batch statistics; train with batches of "
+                "at least 2 (or larger images), or call model.eval() to predict"
+            )
 
     def _check_tensor(self, x: Tensor) -> None:
         """Rank, dtype and channels."""
