@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -304,3 +305,28 @@ def test_cli_sort_choices_are_the_sort_keys():
     compare_parser = build_parser()._subparsers._group_actions[0].choices["compare"]
     (sort,) = [a for a in compare_parser._actions if a.dest == "sort"]
     assert set(sort.choices) == set(analysis.SORT_KEYS)
+
+
+def test_compare_table_fits_a_terminal_and_says_what_it_left_out(monkeypatch, capsys):
+    """On an 80-column terminal every line of `zoo compare --all` fits; piped or with --wide, every column."""
+    import shutil
+    import sys
+
+    from zoo.analysis import compare, render
+    from zoo.cli import main
+
+    rows = compare(["resnet18", "vgg16", "googlenet"])
+    full = render(rows, "table")
+    assert "GFLOPs" in full and "left out" not in full and render(rows, "table", width=None) == full
+    narrow = render(rows, "table", width=80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert "left out to fit 80 columns" in narrow and "GFLOPs" not in narrow.splitlines()[0]
+    assert narrow.splitlines()[0].split()[:2] == ["model", "input"]  # the name and the size stay
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((80, 24)))
+    assert main(["compare", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "--wide shows every column" in out
+    assert main(["compare", "--all", "--wide"]) == 0
+    assert "GFLOPs" in capsys.readouterr().out.splitlines()[0]

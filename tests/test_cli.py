@@ -69,3 +69,15 @@ def test_info_lists_the_pretrained_weights_of_every_model(name, capsys):
         assert "timm:" in out
     if not (card.torchvision or card.timm):
         assert "weights:        none pretrained" in out
+
+
+def test_bench_help_describes_the_command_and_its_defaults(capsys):
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "alternating between them" in out and "medians" in out  # a description, not only the usage
+    for default in ("(default: 8)", "(default: 5)", "infer, the default", "fp32 (the default)"):
+        assert default in " ".join(out.split()), default

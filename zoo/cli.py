@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 
 from zoo.errors import InvalidArgumentError, ZooError
@@ -79,7 +80,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise InvalidArgumentError(f"cannot write the plot to {args.plot}: its folder does not exist")
     rows = compare(None if args.all else args.names, args.input, sort=args.sort)
-    print(render(rows, args.format))
+    # on a terminal the table fits its width; piped (a file, a script) it keeps every column
+    width = None if args.wide or not sys.stdout.isatty() else shutil.get_terminal_size().columns
+    print(render(rows, args.format, width=width))
     if args.plot:
         path = plot(rows, args.plot)
         print(f"plot written to {path}", file=sys.stderr)
@@ -160,15 +163,29 @@ def build_parser() -> argparse.ArgumentParser:
                                       "weights", "layers", "rf"])  # fmt: skip
     p.add_argument("--format", choices=["table", "markdown", "csv", "json"], default="table")
     p.add_argument("--plot", metavar="FILE.png", help="also write parameters against MACs as a plot")
+    p.add_argument("--wide", action="store_true", help="every column, however wide the terminal")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("bench", help="time a model against its torchvision/timm counterpart, side by side")
-    p.add_argument("name")
-    p.add_argument("--mode", choices=["train", "infer", "create"], default="infer")
-    p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser(
+        "bench",
+        help="time a model against its torchvision/timm counterpart, side by side",
+        description="Time zoo's model and its reference (torchvision, timm, or zoo's own optimized and ONNX Runtime "
+        "paths) on the same input, alternating between them, and print the medians and their ratio. Compare "
+        "ratios measured in one run, on a quiet machine.",
+    )
+    p.add_argument("name", help="a registered model (zoo list)")
+    p.add_argument(
+        "--mode",
+        choices=["train", "infer", "create"],
+        default="infer",
+        help="what is timed: a forward (infer, the default), a training step, or building the model",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     p.add_argument("--input", type=int, help="square input size (default: the model card's)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (both sides)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (both sides)")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="fp32 (the default) or bf16 autocast (both sides)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--optimize", action="store_true", help="ours through zoo.optimize_for_inference (infer)")
     p.add_argument(
@@ -180,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="torchvision",
         help="the reference library; onnxruntime: zoo's model eager, optimized (fp32, bf16) and in ONNX Runtime",
     )
-    p.add_argument("--repeat", type=int, default=5, help="timed runs of each model (medians are reported)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs of each model; medians are reported (default: 5)")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_bench)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from collections.abc import Iterable, Sequence
 
 from zoo.analysis.stats import ModelStats, analyze, parse_input_size
@@ -106,11 +107,44 @@ _FOOTNOTE = (
 )
 
 
-def render(rows: Sequence[ModelStats], fmt: str = "table") -> str:
+#: the table's columns in the order they are left out when it must fit a width (the first ones stay)
+_DROP_ORDER = (
+    "stem / stages / head M",
+    "GFLOPs",
+    "weights MB fp32 / bf16",
+    "family",
+    "layers",
+    "stride",
+    "input",
+    "act. MB",
+    "min input",
+    "RF",
+)
+
+
+def _fit_columns(header: list[str], body: list[list[str]], width: int | None) -> list[int]:
+    """The indices of the columns to show: all, or as many as fit in `width` characters (two-space gaps)."""
+    keep = list(range(len(header)))
+    if width is None:
+        return keep
+
+    def table_width(cols: list[int]) -> int:
+        return sum(max(len(header[c]), *(len(r[c]) for r in body)) for c in cols) + 2 * (len(cols) - 1)
+
+    for name in _DROP_ORDER:
+        if table_width(keep) <= width:
+            break
+        keep.remove(header.index(name))
+    return keep
+
+
+def render(rows: Sequence[ModelStats], fmt: str = "table", width: int | None = None) -> str:
     """`compare`'s rows as ``"table"`` (aligned text), ``"markdown"``, ``"csv"`` or ``"json"``.
 
     Models that cannot take the input are listed after the table (table, markdown) or
-    carry an ``error`` field (csv, json).
+    carry an ``error`` field (csv, json). With a `width`, the text table leaves out the
+    least needed columns until it fits (a terminal's width; `zoo compare --wide` shows all)
+    and says which.
     """
     if fmt == "json":
         return json.dumps([r.as_dict() for r in rows], indent=2)
@@ -129,14 +163,20 @@ def render(rows: Sequence[ModelStats], fmt: str = "table") -> str:
     unfit = [r for r in rows if r.error is not None]
     header = [c for c, _ in _COLUMNS]
     body = [_cells(r) for r in fit]
-    lines = (
-        _markdown(header, [a for _, a in _COLUMNS], body)
-        if fmt == "markdown"
-        else _text(header, body, [a for _, a in _COLUMNS])
-    )
+    keep = _fit_columns(header, body, width if fmt == "table" else None)
+    left_out = [header[c] for c in range(len(header)) if c not in keep]
+    header, align = [header[c] for c in keep], [_COLUMNS[c][1] for c in keep]
+    body = [[row[c] for c in keep] for row in body]
+    lines = _markdown(header, align, body) if fmt == "markdown" else _text(header, body, align)
+    if left_out:
+        lines.append(f"(left out to fit {width} columns: {', '.join(left_out)}; --wide shows every column)")
     if unfit:
         lines.append("")
         lines.append("Cannot take the requested input:" if fmt == "table" else "**Cannot take the requested input:**")
         lines += [f"{'- ' if fmt == 'markdown' else '  '}{r.name}: {r.error}" for r in unfit]
-    lines += ["", _FOOTNOTE]
+    notes = _FOOTNOTE.split("\n")
+    if fmt == "table" and width is not None:  # the notes wrap to the same width
+        lines = lines[:-1] + textwrap.wrap(lines[-1], width) if left_out else lines
+        notes = [w for n in notes for w in textwrap.wrap(n, width)]
+    lines += ["", *notes]
     return "\n".join(lines)
