@@ -272,3 +272,92 @@ def test_convnext_cifar_stem():
     assert cifar.stages[0].stem.conv.kernel_size == (2, 2) and cifar.stages[0].stem.conv.stride == (2, 2)
     with pytest.raises(ConfigurationError, match="stem must be one of"):
         zoo.create("convnext_tiny", stem=4)
+
+
+# --------------------------------------------------------------------------- ConvNeXt V2 (GRN, no layer scale)
+
+
+def test_grn_starts_as_identity_and_follows_the_papers_formula():
+    from zoo.models.convnext import GlobalResponseNorm
+
+    grn = GlobalResponseNorm(3)
+    x = torch.randn(2, 4, 5, 3)  # channels last
+    assert torch.equal(grn(x), x)  # gamma = beta = 0
+    with torch.no_grad():
+        grn.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        grn.bias.copy_(torch.tensor([0.1, 0.0, -0.2]))
+    # by hand, one sample and channel at a time: G = ||x_c||_2 over H, W; N = G / mean_c(G)
+    g = torch.stack([torch.stack([x[b, :, :, c].pow(2).sum().sqrt() for c in range(3)]) for b in range(2)])
+    n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
+    expected = torch.stack(
+        [
+            torch.stack([x[b, :, :, c] * (1 + grn.weight[c] * n[b, c]) + grn.bias[c] for c in range(3)], -1)
+            for b in range(2)
+        ]
+    )
+    assert torch.allclose(grn(x), expected, atol=1e-6)
+
+
+def test_v2_rows_have_grn_and_no_layer_scale_unless_asked():
+    with torch.device("meta"):
+        v2, v1 = zoo.create("convnextv2_tiny"), zoo.create("convnext_tiny")
+        scaled = zoo.create("convnextv2_tiny", layer_scale_init_value=1e-6)
+    v2_blocks = [m for m in v2.modules() if isinstance(m, ConvNeXtBlock)]
+    assert len(v2_blocks) == 18
+    assert all(b.layer_scale is None and b.grn.weight.shape == (4 * b.fc2.out_features,) for b in v2_blocks)
+    assert all(
+        isinstance(b.grn, nn.Identity) and b.layer_scale is not None
+        for b in v1.modules()
+        if isinstance(b, ConvNeXtBlock)
+    )
+    grn_params = sum(2 * 4 * d * w for d, w in zip((3, 3, 9, 3), (96, 192, 384, 768), strict=True))
+    layer_scales = sum(d * w for d, w in zip((3, 3, 9, 3), (96, 192, 384, 768), strict=True))
+    assert n_params(v2) == n_params(v1) + grn_params - layer_scales == 28_635_496
+    assert n_params(scaled) == n_params(v2) + layer_scales
+    assert zoo.model_info("convnextv2_tiny").paper.year == 2023
+
+
+@pytest.mark.parametrize("name", ["convnextv2_atto", "convnextv2_tiny"])
+def test_timm_parity_v2(name):
+    """atto runs timm's 1x1-conv MLP and GRN on (B, C, H, W); tiny the linear MLP and GRN on (B, H, W, C)."""
+    ref = randomize(on_cpu(lambda: timm.create_model(name)))  # GRN's weight ~ 1, bias ~ 0.1: GRN matters
+    ours = import_weights(on_cpu(lambda: zoo.create(name)), ref, "timm")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, out = ref(x), ours(x)
+        without_grn = import_weights(on_cpu(lambda: zoo.create(name)), ref, "timm")
+        for block in without_grn.modules():
+            if isinstance(block, ConvNeXtBlock):
+                block.grn = nn.Identity()
+        assert max_diff(expected, without_grn(x)) > 1e-2  # the comparison sees GRN
+    assert expected.abs().max() > 0.1
+    assert max_diff(expected, out) <= TOL
+
+
+def test_v2_grn_loads_from_the_original_checkpoints_shape():
+    """The original V2 checkpoints store GRN's gamma and beta as (1, 1, 1, 4C); under timm's names they load."""
+    with torch.device("meta"):
+        ref, ours = timm.create_model("convnextv2_atto"), zoo.create("convnextv2_atto")
+    state = {k: v.reshape(1, 1, 1, -1) if ".grn." in k else v for k, v in ref.state_dict().items()}
+    assert state["stages.3.blocks.1.mlp.grn.weight"].shape == (1, 1, 1, 1280)
+    converted = convert_state_dict(ours, state, "timm")
+    assert converted["stages.3.blocks.1.grn.weight"].shape == (1280,)
+    assert set(converted) == set(ours.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("timm_name", "depths", "widths"),
+    [
+        ("convnextv2_small", (3, 3, 27, 3), (96, 192, 384, 768)),
+        ("convnextv2_large", (3, 3, 27, 3), (192, 384, 768, 1536)),
+        ("convnextv2_huge", (3, 3, 27, 3), (352, 704, 1408, 2816)),
+    ],
+)
+def test_unregistered_v2_rows_are_timms(timm_name, depths, widths):
+    """The sizes left out of the registry (CI time) are the config rows the module docstring gives (on meta)."""
+    assert timm_name not in zoo.list_models()
+    with torch.device("meta"):
+        ref = timm.create_model(timm_name)
+        ours = ConvNeXt(ConvNeXtConfig(depths, widths, grn=True, layer_scale_init_value=None))
+    assert n_params(ours) == n_params(ref)
+    assert set(convert_state_dict(ours, ref.state_dict(), "timm")) == set(ours.state_dict())

@@ -30,6 +30,34 @@ Stages: stage 0 is the stem and the first stage's blocks (stride 4); stages 1-3 
 downsampling layer (LayerNorm, 2x2 stride-2 conv) and blocks (strides 8, 16, 32). The
 smallest input is 32x32, where the last stage is 1x1.
 
+ConvNeXt V2: Woo, Debnath, Hu, Chen, Liu, Kweon & Xie, "ConvNeXt V2: Co-designing and Scaling
+ConvNets with Masked Autoencoders", CVPR 2023, https://arxiv.org/abs/2301.00808. The same network
+with one change in the block: global response normalisation (GRN) after the MLP's GELU, and no
+layer scale (the rows' config says ``grn=True, layer_scale_init_value=None``)::
+
+    x -> 7x7 depthwise conv -> permute -> LayerNorm -> Linear C->4C -> GELU -> GRN
+      -> Linear 4C->C -> permute -> drop path -> + x
+
+GRN (the paper's Eq. 1-3) takes each channel's L2 norm over the spatial axes, divides it by the
+mean of those norms over the channels, and adds ``gamma * (x * that) + beta`` to x; gamma and
+beta start at zero, so GRN starts as the identity. The rows ``convnextv2_atto`` ... ``_base``
+are timm's ``convnextv2_*`` exactly (parameters; outputs after `timm_key_map`). timm names
+GRN's parameters ``mlp.grn.weight`` / ``mlp.grn.bias`` of shape (4C,) (the original
+checkpoints' ``grn.gamma`` / ``grn.beta`` are (1, 1, 1, 4C)); the key map takes either shape.
+timm's atto ... nano run the MLP as 1x1 convs on (B, C, H, W) maps (``conv_mlp``); here every
+size runs the linear-layer form, with the same parameters and outputs equal to < 1e-5.
+``convnextv2_small``, ``convnextv2_large`` and ``convnextv2_huge`` are not registered: the
+registry-wide tests of ``convnextv2_large`` alone took 57 s on the 2-core CI machine (small 25 s;
+huge has 3.3 times large's parameters), beyond the CI budget. Each is one `ConvNeXtConfig` row
+away and imports timm's weights like the registered ones
+(``zoo.weights.import_weights(model, timm_model, "timm")``):
+``ConvNeXt(ConvNeXtConfig((3, 3, 27, 3), (192, 384, 768, 1536), grn=True,
+layer_scale_init_value=None))`` is timm's ``convnextv2_large`` (197,956,840 parameters); widths
+(352, 704, 1408, 2816) give ``convnextv2_huge`` (660,289,640) and (96, 192, 384, 768)
+``convnextv2_small`` (50,318,440); tests/test_convnext.py checks the three against timm.
+The V2 paper pre-trains with a fully convolutional masked autoencoder (FCMAE, sparse
+convolutions); that is training, not the network, and is not here.
+
 For 32x32 images, ``stem="cifar"`` patchifies 2x2 patches (stride 2) instead of 4x4, so the
 stages run on 16, 8, 4 and 2 pixel maps (as 224x224 images give 56, 28, 14 and 7) instead of
 8, 4, 2 and 1, at about four times the compute; the smallest input is then 16x16. The stem
@@ -59,6 +87,13 @@ PAPER = Paper(
     "https://arxiv.org/abs/2201.03545",
     "Z. Liu, H. Mao, C.-Y. Wu, C. Feichtenhofer, T. Darrell, S. Xie",
 )
+PAPER_V2 = Paper(
+    "ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders",
+    2023,
+    "https://arxiv.org/abs/2301.00808",
+    "S. Woo, S. Debnath, R. Hu, X. Chen, Z. Liu, I. S. Kweon, S. Xie",
+)
+ROW = "row"  # layer_scale_init_value's default: the config row's value
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -84,6 +119,32 @@ class ConvNeXtConfig:
     widths: tuple[int, ...]
     kernel_size: int = 7  # the depthwise conv (the paper's Section 2.5 compares 3 to 11)
     mlp_ratio: int = 4  # the inverted bottleneck's expansion
+    grn: bool = False  # global response normalisation after the MLP's activation (ConvNeXt V2)
+    layer_scale_init_value: float | None = 1e-6  # the default layer scale; None: none (ConvNeXt V2)
+
+
+class GlobalResponseNorm(nn.Module):
+    """Global response normalisation (ConvNeXt V2, Eq. 1-3) of a channels-last (B, H, W, C) map.
+
+    ``x + weight * (x * N(x)) + bias``, where N(x) is each channel's L2 norm over H and W divided
+    by the mean of those norms over the channels. `weight` (the paper's gamma) and `bias` (beta)
+    are (C,) and start at zero: the layer starts as the identity.
+
+    Args:
+        dim: channels (the last axis).
+        eps: added to the mean norm (the paper's 1e-6).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        norms = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+        relative = norms / (norms.mean(dim=-1, keepdim=True) + self.eps)  # divisive normalisation over channels
+        return x + torch.addcmul(self.bias, self.weight, x * relative)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -97,6 +158,7 @@ class ConvNeXtBlock(nn.Module):
             branch; None or 0 leaves the scale out.
         drop_path: probability of dropping the residual branch per sample in training.
         act_layer: the MLP's activation.
+        grn: global response normalisation after the activation (ConvNeXt V2).
     """
 
     def __init__(
@@ -108,12 +170,14 @@ class ConvNeXtBlock(nn.Module):
         layer_scale_init_value: float | None = 1e-6,
         drop_path: float = 0.0,
         act_layer: LayerFactory = nn.GELU,
+        grn: bool = False,
     ) -> None:
         super().__init__()
         self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.fc1 = nn.Linear(dim, mlp_ratio * dim)
         self.act = make_act(act_layer)
+        self.grn = GlobalResponseNorm(mlp_ratio * dim) if grn else nn.Identity()
         self.fc2 = nn.Linear(mlp_ratio * dim, dim)
         if layer_scale_init_value:
             self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale_init_value)))
@@ -124,7 +188,7 @@ class ConvNeXtBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
         x = self.conv_dw(x).permute(0, 2, 3, 1)  # (B, H, W, C): LayerNorm and Linear act on the last axis
-        x = self.fc2(self.act(self.fc1(self.norm(x)))).permute(0, 3, 1, 2)  # (B, C, H, W), a view
+        x = self.fc2(self.grn(self.act(self.fc1(self.norm(x))))).permute(0, 3, 1, 2)  # (B, C, H, W), a view
         if self.layer_scale is not None:
             x = self.layer_scale * x
         x = self.drop_path(x)
@@ -137,6 +201,14 @@ _S = ConvNeXtConfig((3, 3, 27, 3), (96, 192, 384, 768))
 _B = ConvNeXtConfig((3, 3, 27, 3), (128, 256, 512, 1024))
 _L = ConvNeXtConfig((3, 3, 27, 3), (192, 384, 768, 1536))
 _XL = ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048))
+
+
+def _v2(depths: tuple[int, ...], widths: tuple[int, ...]) -> ConvNeXtConfig:
+    return ConvNeXtConfig(depths, widths, grn=True, layer_scale_init_value=None)
+
+
+def _v2_row(config: ConvNeXtConfig, num_params: int, timm_name: str) -> Variant:
+    return Variant(config, num_params, f"timm.models.{timm_name}", paper=PAPER_V2, timm=timm_name)
 
 
 @register_model(
@@ -164,6 +236,12 @@ _XL = ConvNeXtConfig((3, 3, 27, 3), (256, 512, 1024, 2048))
             timm="convnext_xlarge",
             notes="The paper trains XLarge only with ImageNet-22K pre-training; here it has a 1000-class head.",
         ),
+        "convnextv2_atto": _v2_row(_v2((2, 2, 6, 2), (40, 80, 160, 320)), 3_708_400, "convnextv2_atto"),
+        "convnextv2_femto": _v2_row(_v2((2, 2, 6, 2), (48, 96, 192, 384)), 5_233_240, "convnextv2_femto"),
+        "convnextv2_pico": _v2_row(_v2((2, 2, 6, 2), (64, 128, 256, 512)), 9_066_280, "convnextv2_pico"),
+        "convnextv2_nano": _v2_row(_v2((2, 2, 8, 2), (80, 160, 320, 640)), 15_623_800, "convnextv2_nano"),
+        "convnextv2_tiny": _v2_row(_v2(_T.depths, _T.widths), 28_635_496, "convnextv2_tiny"),
+        "convnextv2_base": _v2_row(_v2(_B.depths, _B.widths), 88_717_800, "convnextv2_base"),
     },
 )
 class ConvNeXt(ZooClassifier):
@@ -176,8 +254,9 @@ class ConvNeXt(ZooClassifier):
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 at the
             first block (the paper trains T/S/B/L on ImageNet-1K with 0.1/0.4/0.5/0.5).
-        layer_scale_init_value: initial per-channel scale of every residual branch (the
-            paper's 1e-6); None or 0 leaves layer scale out.
+        layer_scale_init_value: initial per-channel scale of every residual branch; ``"row"``
+            (the default) takes the config's (the paper's 1e-6; none for ConvNeXt V2); None or 0
+            leaves layer scale out.
         act_layer: the activation inside every block's MLP.
         stem: None for the 4x4 stride-4 patchify stem; ``"cifar"`` for 2x2 patches at stride 2.
     """
@@ -192,7 +271,7 @@ class ConvNeXt(ZooClassifier):
         num_classes: int = 1000,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        layer_scale_init_value: float | None = 1e-6,
+        layer_scale_init_value: float | str | None = ROW,
         act_layer: LayerFactory = nn.GELU,
         stem: str | None = None,
     ) -> None:
@@ -213,6 +292,8 @@ class ConvNeXt(ZooClassifier):
         mlp_ratio = check_int(config.mlp_ratio, "mlp_ratio", "convnext")
         self.drop_rate = check_number(drop_rate, "drop_rate", "convnext", below=1)
         drop_path_rate = check_number(drop_path_rate, "drop_path_rate", "convnext", below=1)
+        if layer_scale_init_value == ROW:
+            layer_scale_init_value = config.layer_scale_init_value
         if layer_scale_init_value is not None:
             layer_scale_init_value = check_number(layer_scale_init_value, "layer_scale_init_value", "convnext")
 
@@ -239,6 +320,7 @@ class ConvNeXt(ZooClassifier):
                     layer_scale_init_value=layer_scale_init_value,
                     drop_path=next(rates),
                     act_layer=act_layer,
+                    grn=bool(config.grn),
                 )
                 for _ in range(depth)
             ]
@@ -285,10 +367,11 @@ class ConvNeXt(ZooClassifier):
         return key_map
 
     def timm_key_map(self) -> dict[str, str]:
-        """Our module paths -> timm's ``ConvNeXt`` (convnext_atto ... convnext_xlarge).
+        """Our module paths -> timm's ``ConvNeXt`` (convnext_atto ... convnext_xlarge, convnextv2_*).
 
         timm's layer scale is (C,) ``gamma``, and its small models (atto to nano) use 1x1
-        convs in place of the MLP's linear layers: both are reshaped on import.
+        convs in place of the MLP's linear layers: both are reshaped on import, as GRN's
+        weight and bias are (timm's are (4C,), the original V2 checkpoints' (1, 1, 1, 4C)).
         """
         key_map = {
             "stages.0.stem.conv": "stem.0",
@@ -308,6 +391,7 @@ class ConvNeXt(ZooClassifier):
                     f"{block}.fc1": Reshape(f"{block}.mlp.fc1"),
                     f"{block}.fc2": Reshape(f"{block}.mlp.fc2"),
                     f"{block}.layer_scale": Reshape(f"{block}.gamma"),
+                    f"{block}.grn": Reshape(f"{block}.mlp.grn"),  # (4C,), or the original (1, 1, 1, 4C)
                 }
             )
         return key_map
