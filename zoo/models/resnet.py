@@ -95,6 +95,8 @@ RESNEXT_PAPER = Paper(
 WRN_PAPER = Paper("Wide Residual Networks", 2016, "https://arxiv.org/abs/1605.07146", "S. Zagoruyko, N. Komodakis")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
 @dataclass(frozen=True)
 class ResNetConfig:
     """One row of the variant table.
