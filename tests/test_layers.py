@@ -159,3 +159,24 @@ def test_stochastic_depth_drops_whole_samples_and_rescales_the_rest():
     kept = torch.isclose(y, x / 0.5).flatten(1).all(1)
     assert bool((dropped ^ kept).all()) and 10 < int(dropped.sum()) < 54
     assert torch.equal(layer.eval()(x), x)
+
+
+def test_max_unpool_puts_values_back_at_their_argmax_positions():
+    """The worked 4x4 example: each window's maximum returns to where it was, every other cell is 0."""
+    from zoo.layers import MaxUnpool
+
+    pooled, indices = nn.MaxPool2d(2, 2, return_indices=True)(X)
+    assert pooled[0, 0].tolist() == [[5, 6], [4, 7]]
+    assert indices[0, 0].tolist() == [[5, 6], [9, 10]]  # row-major positions in the 4x4 map
+    out = MaxUnpool(2)(pooled, indices, (4, 4))
+    assert out[0, 0].tolist() == [[0, 0, 0, 0], [0, 5, 6, 0], [0, 4, 7, 0], [0, 0, 0, 0]]
+    assert torch.equal(out, nn.MaxUnpool2d(2)(pooled, indices))  # torch's layer agrees
+    # an odd size comes back exactly: a 5x5 map pooled in ceil mode to 3x3, unpooled to 5x5
+    odd = torch.arange(25.0).reshape(1, 1, 5, 5)
+    pooled, indices = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)(odd)
+    out = MaxUnpool(2)(pooled, indices, (5, 5))
+    assert out.shape == (1, 1, 5, 5)
+    assert torch.equal(out[out != 0], pooled.flatten())  # every maximum, in order, nowhere else
+    assert out[0, 0, 4].tolist() == [0, 21, 0, 23, 24]  # the ceil-mode windows of the last row
+    with pytest.raises(ConfigurationError, match="indices .* must have the input's shape"):
+        MaxUnpool(2)(pooled, indices[..., :2], (5, 5))

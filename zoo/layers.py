@@ -2,8 +2,9 @@
 
 `ConvNormAct` is the workhorse; the rest are the layers the CNN literature teaches:
 gated convolution (Yu et al., "Free-Form Image Inpainting with Gated Convolution",
-ICCV 2019, https://arxiv.org/abs/1806.03589), L2-norm pooling, and global average and
-max pooling. Norm and activation layers are passed as classes (or `functools.partial`),
+ICCV 2019, https://arxiv.org/abs/1806.03589), L2-norm pooling, global average and max
+pooling, and max-unpooling (SegNet's upsampling). Norm and activation layers are passed as classes
+(or `functools.partial`),
 never as strings; passing ``None`` leaves the layer out.
 """
 
@@ -260,3 +261,36 @@ def mirror_pad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
     h, w = x.shape[-2], x.shape[-1]
     x = x.index_select(-2, _reflected(h, top, bottom, x.device))
     return x.index_select(-1, _reflected(w, left, right, x.device))
+
+
+class MaxUnpool(nn.Module):
+    """Max-unpooling (SegNet's upsampling): each value goes back to the position its max-pool took it
+    from (the pool's ``return_indices=True`` indices), zeros everywhere else.
+
+    `forward(x, indices, size)` takes the pooled map, its indices and the (H, W) of the map the
+    pool saw, so odd sizes come back exactly (a 2x2 pool takes 45 rows to 22 or 23; without `size`
+    the unpool could only guess 44 or 46).
+
+    Args:
+        kernel_size: the pool's window.
+        stride: the pool's stride (None: `kernel_size`, as for the pool).
+    """
+
+    def __init__(self, kernel_size: int = 2, stride: int | None = None) -> None:
+        super().__init__()
+        self.kernel_size = check_int(kernel_size, "kernel_size", "MaxUnpool")
+        self.stride = self.kernel_size if stride is None else check_int(stride, "stride", "MaxUnpool")
+
+    def forward(self, x: Tensor, indices: Tensor, size: tuple[int, int]) -> Tensor:
+        if indices.shape != x.shape:
+            raise ConfigurationError(
+                f"MaxUnpool: the indices {tuple(indices.shape)} must have the input's shape {tuple(x.shape)}; "
+                "pass the indices the matching max-pool returned (return_indices=True)"
+            )
+        # a scatter into the flattened plane: what nn.MaxUnpool2d computes, but ONNX exports it (ScatterElements)
+        b, c = x.shape[0], x.shape[1]
+        out = x.new_zeros(b, c, size[0] * size[1]).scatter(2, indices.flatten(2), x.flatten(2))
+        return out.view(b, c, size[0], size[1])  # (B, C, H, W)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"

@@ -1,3 +1,3 @@
 """The model families; importing this package registers every variant."""
 
-from zoo.models import alexnet, convnext, densenet, inception, lenet, mobilenet, resnet, unet, vgg  # noqa: F401
+from zoo.models import alexnet, convnext, densenet, inception, lenet, mobilenet, resnet, segnet, unet, vgg  # noqa: F401
