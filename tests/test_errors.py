@@ -222,6 +222,22 @@ def _image_folder(t: Path, *, empty_class: bool = False, broken: bool = False) -
     return str(t / "images")
 
 
+QUICK = ("--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--test_after_fit", "false")
+
+
+def _one_epoch_run(t: Path) -> str:
+    """A finished one-epoch digits run in `t` (two steps); its last checkpoint."""
+    from zoo.training.cli import main
+
+    here = os.getcwd()
+    os.chdir(t)  # in this process (no second interpreter start-up); the run folder goes under t
+    try:
+        assert main(["fit", "--config", DIGITS, "--trainer.max_epochs", "1", *QUICK]) == 0
+    finally:
+        os.chdir(here)
+    return str(next(t.glob("runs/*/version_0/checkpoints/last.ckpt")))
+
+
 TRAINING_CASES = [
     ("recipe-syntax", "a recipe that is not valid YAML", lambda t: ["fit", "--config", _yaml(t, "model:\n  init_args: {model: lenet5\n")],
      r"Problems parsing config: while parsing a flow mapping"),
@@ -234,6 +250,9 @@ TRAINING_CASES = [
      r"--trainer.max_epochs 0 trains nothing .*give 1 or more"),
     ("endless-epochs", "zoo fit --trainer.max_epochs -1", lambda t: ["fit", "--config", DIGITS, "--trainer.max_epochs", "-1"],
      r"--trainer.max_epochs -1 would train without end .*--trainer.max_steps N"),
+    ("resume-longer-schedule", "resuming a one-cycle run with more epochs than it planned",
+     lambda t: ["fit", "--config", DIGITS, "--ckpt_path", _one_epoch_run(t), "--trainer.max_epochs", "2", *QUICK],
+     r"the one-cycle learning-rate schedule was sized for 2 steps and training reached step 3: a run resumed .*start a new run"),
     ("recipe-missing", "a recipe file that does not exist", lambda t: ["fit", "--config", str(t / "nope.yaml")], r"File does not exist"),
     ("recipe-unknown-model", "a recipe naming an unknown model", lambda t: ["fit", "--config", DIGITS, "--model.model", "lenet6"],
      r"unknown model 'lenet6'; did you mean lenet5"),

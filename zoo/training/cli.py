@@ -106,12 +106,24 @@ def _unwrapped(message: str) -> str:
     return message
 
 
+#: torch's OneCycleLR when stepped past the total it was built for
+_SCHEDULE_OVERRUN = re.compile(r"Tried to step (\d+) times\. The specified number of total steps is (\d+)")
+
+
 def _user_error(e: BaseException) -> ZooError | None:
     """The `ZooError` behind `e` (jsonargparse wraps errors raised while instantiating classes)."""
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, ZooError):
             return e
+        overrun = _SCHEDULE_OVERRUN.search(str(e)) if isinstance(e, ValueError) else None
+        if overrun:  # a resumed run asked to train longer than the schedule it restored
+            return RecipeError(
+                f"the one-cycle learning-rate schedule was sized for {overrun[2]} steps and training reached step "
+                f"{overrun[1]}: a run resumed with --ckpt_path keeps the schedule of the run it continues, so it "
+                "cannot train for more epochs than that run planned; start a new run with the larger "
+                "--trainer.max_epochs (from the old run's weights: --model.init_args.weights RUN/checkpoints/last.ckpt)"
+            )
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
