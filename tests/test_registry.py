@@ -118,3 +118,13 @@ def test_model_card_prints_readably(name):
     printer = Printer()
     card._repr_pretty_(printer, False)
     assert printer.out == [text]
+
+
+def test_numpy_integers_are_integers():
+    """num_classes=np.int64(7) (e.g. from len(np.unique(labels))) builds like 7; a numpy float is still refused."""
+    import numpy as np
+
+    model = zoo.create("lenet5", num_classes=np.int64(7), in_channels=np.int32(1))
+    assert model.num_classes == 7 and type(model.num_classes) is int and model.fc.out_features == 7
+    with pytest.raises(zoo.ZooError, match="num_classes must be a non-negative integer|num_classes must be"):
+        zoo.create("lenet5", num_classes=np.float64(7.0))
