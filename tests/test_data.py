@@ -13,8 +13,6 @@ import io
 import pickle
 import socket
 import struct
-import subprocess
-import sys
 import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -333,13 +331,8 @@ def test_every_base_option_reaches_the_command_line_with_the_default_used(cls: t
             assert getattr(built, name) == listed[name], name
 
 
-def test_cli_help_lists_forwarded_options_with_defaults() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "zoo.cli", "fit", "--data.help", "zoo.training.CIFAR10DataModule"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_cli_help_lists_forwarded_options_with_defaults(zoo_cli) -> None:
+    result = zoo_cli("fit", "--data.help", "zoo.training.CIFAR10DataModule", timeout=120)
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
     for option, default in [

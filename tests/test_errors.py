@@ -10,8 +10,6 @@ import io
 import os
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -176,8 +174,8 @@ def test_api_error(case, what, action, pattern, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("case", "what", "argv", "pattern"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_error(case, what, argv, pattern):
-    r = subprocess.run([sys.executable, "-m", "zoo.cli", *argv], capture_output=True, text=True)
+def test_cli_error(case, what, argv, pattern, zoo_cli):
+    r = zoo_cli(*argv)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     line = _one_line(r.stderr)
@@ -294,8 +292,8 @@ TRAINING_CASES = [
 
 
 @pytest.mark.parametrize(("case", "what", "argv", "pattern"), TRAINING_CASES, ids=[c[0] for c in TRAINING_CASES])
-def test_training_error(case, what, argv, pattern, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "zoo.cli", *argv(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+def test_training_error(case, what, argv, pattern, tmp_path, zoo_cli):
+    r = zoo_cli(*argv(tmp_path), cwd=tmp_path)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "weights_only" not in r.stderr  # never torch's advice to load a file unsafely

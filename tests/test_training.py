@@ -235,15 +235,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     ],
     ids=["missing-recipe", "bad-yaml", "unknown-key", "wrong-type", "unknown-model", "missing-dataset"],
 )
-def test_user_errors_print_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+def test_user_errors_print_one_line(args: list[str], expected: str, tmp_path: Path, zoo_cli) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
     recipes = {"{bad}": str(bad), "RECIPE": str(ROOT / "recipes" / "lenet5_digits.yaml")}
     recipes["MNIST"] = str(ROOT / "recipes" / "lenet5_mnist.yaml")
     args = [recipes.get(a, a) for a in args]
-    result = subprocess.run(
-        [sys.executable, "-m", "zoo.cli", "fit", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    result = zoo_cli("fit", *args, cwd=tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("zoo: error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
