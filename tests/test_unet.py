@@ -6,6 +6,8 @@ The one full-width 572x572 forward is `test_paper_unet_as_in_the_issue`.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,8 @@ from zoo.arithmetic import (
 from zoo.errors import ConfigurationError, InputShapeError, InvalidArgumentError, UnknownModelError, WeightsError
 from zoo.layers import mirror_pad
 from zoo.models.base import RemovedHead
+from zoo.models.unet import EncoderUNet
+from zoo.registry import model_class
 from zoo.segment import tile_plan
 from zoo.weights import import_weights
 
@@ -301,6 +305,45 @@ def test_encoder_argument_errors():
         zoo.create("unet_resnet18", decoder_widths=(64, 32))
     with pytest.raises(ConfigurationError, match="upsample must be one of 'nearest', 'bilinear'"):
         zoo.create("unet_resnet18", upsample="transpose")
+
+
+ENCODER_UNETS = [n for n in zoo.list_models(task="segmentation") if model_class(n) is EncoderUNet]
+
+
+def _dilates(name: str) -> bool:
+    encoder = zoo.model_info(name).config.encoder
+    return "output_stride" in inspect.signature(model_class(encoder)).parameters
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("name", [n for n in ENCODER_UNETS if _dilates(n)])
+def test_encoder_unet_output_stride_dilates_its_encoder(name, output_stride):
+    """The encoder is the dilated classifier (same parameters, same stages); sizes are multiples of output_stride."""
+    model = small(name, output_stride=output_stride)
+    encoder = zoo.model_info(name).config.encoder
+    assert n_params(model) == zoo.model_info(name).num_params  # dilation adds no parameter
+    assert model.total_stride == output_stride and model.min_input_size == (output_stride, output_stride)
+    reference = zoo.create(encoder, num_classes=0, output_stride=output_stride).eval()
+    reference.load_state_dict(model.encoder.state_dict(), strict=False)  # the encoder has no head
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        ours, theirs = model.encoder.forward_stages(x), reference.forward_stages(x)
+        assert [t.shape[-1] for t in ours][-1] == 48 // output_stride
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b)
+        assert model(x).shape == (1, 2, 64, 48)
+    size = 3 * output_stride + 1
+    with pytest.raises(
+        InputShapeError, match=rf"not a multiple of {output_stride}.*{size - 1} and {size - 1 + output_stride}"
+    ):
+        model(torch.randn(1, 3, size, size))
+
+
+@pytest.mark.parametrize("name", [n for n in ENCODER_UNETS if not _dilates(n)])
+def test_encoder_unet_output_stride_of_an_encoder_that_cannot_dilate(name):
+    encoder = zoo.model_info(name).config.encoder
+    with pytest.raises(ConfigurationError, match=rf"unet: encoder {encoder} has no output_stride"):
+        zoo.create(name, output_stride=16)
 
 
 def test_encoder_unet_size_error_and_pad_input():

@@ -56,6 +56,7 @@ encoder's total stride (its last stage stride). `freeze_encoder()` stops trainin
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
@@ -68,7 +69,7 @@ from zoo.checks import check_bool, check_choice, check_int, check_number
 from zoo.errors import ConfigurationError, InvalidArgumentError
 from zoo.layers import ConvNormAct, LayerFactory
 from zoo.models.base import WeightInit, ZooSegmenter, he_normal
-from zoo.registry import Paper, Variant, create, model_info, register_model
+from zoo.registry import Paper, Variant, create, model_class, model_info, register_model
 
 PAPER = Paper(
     "U-Net: Convolutional Networks for Biomedical Image Segmentation",
@@ -387,6 +388,11 @@ class EncoderUNet(ZooSegmenter):
         pad_input: take inputs of any size: mirror-pad to the next multiple of the total stride
             and crop the logits back (see `ZooSegmenter`); off, such inputs raise.
         act_layer: activation after every decoder conv.
+        output_stride: the encoder's total stride, for encoders that dilate instead (the
+            ResNets: 32, 16, 8 or 4; see `zoo.models.resnet`). None: the encoder's own (32).
+            The decoder then has the same blocks, and those whose skip has the deepest
+            stage's resolution concatenate without up-sampling; input sizes are multiples of
+            `output_stride`.
     """
 
     def __init__(
@@ -401,6 +407,7 @@ class EncoderUNet(ZooSegmenter):
         upsample: str = "nearest",
         pad_input: bool = False,
         act_layer: LayerFactory | None = nn.ReLU,
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
         owner = "unet"
@@ -420,7 +427,15 @@ class EncoderUNet(ZooSegmenter):
         self.upsample = check_choice(upsample, "upsample", INTERPOLATE, owner)
 
         self.encoder_name = name
-        self.encoder = create(name, in_channels=in_channels, num_classes=0)
+        dilation = {}
+        if output_stride is not None:
+            if "output_stride" not in inspect.signature(model_class(name)).parameters:
+                raise ConfigurationError(
+                    f"{owner}: encoder {name} has no output_stride (it cannot dilate instead of striding); "
+                    "the ResNet encoders have one"
+                )
+            dilation = {"output_stride": output_stride}
+        self.encoder = create(name, in_channels=in_channels, num_classes=0, **dilation)
         self.encoder.remove_head()  # the decoder reads forward_stages only; the pools and norms of the head go
         channels, strides = tuple(self.encoder.stage_channels), tuple(self.encoder.stage_strides)
         skips = channels[-2::-1] + ((0,) if strides[0] > 1 else ())  # deepest first; 0: up to full size, no skip
