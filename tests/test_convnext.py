@@ -348,7 +348,6 @@ def test_v2_grn_loads_from_the_original_checkpoints_shape():
 @pytest.mark.parametrize(
     ("timm_name", "depths", "widths"),
     [
-        ("convnextv2_small", (3, 3, 27, 3), (96, 192, 384, 768)),
         ("convnextv2_large", (3, 3, 27, 3), (192, 384, 768, 1536)),
         ("convnextv2_huge", (3, 3, 27, 3), (352, 704, 1408, 2816)),
     ],

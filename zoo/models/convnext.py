@@ -46,15 +46,14 @@ GRN's parameters ``mlp.grn.weight`` / ``mlp.grn.bias`` of shape (4C,) (the origi
 checkpoints' ``grn.gamma`` / ``grn.beta`` are (1, 1, 1, 4C)); the key map takes either shape.
 timm's atto ... nano run the MLP as 1x1 convs on (B, C, H, W) maps (``conv_mlp``); here every
 size runs the linear-layer form, with the same parameters and outputs equal to < 1e-5.
-``convnextv2_small``, ``convnextv2_large`` and ``convnextv2_huge`` are not registered: the
-registry-wide tests of ``convnextv2_large`` alone took 57 s on the 2-core CI machine (small 25 s;
-huge has 3.3 times large's parameters), beyond the CI budget. Each is one `ConvNeXtConfig` row
-away and imports timm's weights like the registered ones
-(``zoo.weights.import_weights(model, timm_model, "timm")``):
+``convnextv2_large`` and ``convnextv2_huge`` are not registered: the registry-wide tests of
+``convnextv2_large`` alone took 57 s on the 2-core CI machine (huge has 3.3 times large's
+parameters), beyond the CI budget. Each is one `ConvNeXtConfig` row away and imports timm's
+weights like the registered ones (``zoo.weights.import_weights(model, timm_model, "timm")``):
 ``ConvNeXt(ConvNeXtConfig((3, 3, 27, 3), (192, 384, 768, 1536), grn=True,
-layer_scale_init_value=None))`` is timm's ``convnextv2_large`` (197,956,840 parameters); widths
-(352, 704, 1408, 2816) give ``convnextv2_huge`` (660,289,640) and (96, 192, 384, 768)
-``convnextv2_small`` (50,318,440); tests/test_convnext.py checks the three against timm.
+layer_scale_init_value=None))`` is timm's ``convnextv2_large`` (197,956,840 parameters), and
+widths (352, 704, 1408, 2816) give ``convnextv2_huge`` (660,289,640); tests/test_convnext.py
+checks both against timm.
 The V2 paper pre-trains with a fully convolutional masked autoencoder (FCMAE, sparse
 convolutions); that is training, not the network, and is not here.
 
@@ -207,8 +206,8 @@ def _v2(depths: tuple[int, ...], widths: tuple[int, ...]) -> ConvNeXtConfig:
     return ConvNeXtConfig(depths, widths, grn=True, layer_scale_init_value=None)
 
 
-def _v2_row(config: ConvNeXtConfig, num_params: int, timm_name: str) -> Variant:
-    return Variant(config, num_params, f"timm.models.{timm_name}", paper=PAPER_V2, timm=timm_name)
+def _v2_row(config: ConvNeXtConfig, num_params: int, timm_name: str, notes: str = "") -> Variant:
+    return Variant(config, num_params, f"timm.models.{timm_name}", paper=PAPER_V2, timm=timm_name, notes=notes)
 
 
 @register_model(
@@ -241,6 +240,12 @@ def _v2_row(config: ConvNeXtConfig, num_params: int, timm_name: str) -> Variant:
         "convnextv2_pico": _v2_row(_v2((2, 2, 6, 2), (64, 128, 256, 512)), 9_066_280, "convnextv2_pico"),
         "convnextv2_nano": _v2_row(_v2((2, 2, 8, 2), (80, 160, 320, 640)), 15_623_800, "convnextv2_nano"),
         "convnextv2_tiny": _v2_row(_v2(_T.depths, _T.widths), 28_635_496, "convnextv2_tiny"),
+        "convnextv2_small": _v2_row(
+            _v2(_S.depths, _S.widths),
+            50_318_440,
+            "convnextv2_small",
+            notes="timm defines convnextv2_small but publishes no weights for it (the V2 authors released none).",
+        ),
         "convnextv2_base": _v2_row(_v2(_B.depths, _B.widths), 88_717_800, "convnextv2_base"),
     },
 )
