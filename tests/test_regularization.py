@@ -62,17 +62,27 @@ def test_off_gives_one_hot_targets_and_bad_alphas_are_errors():
 # ------------------------------------------------------------------ the task options
 
 
-def test_task_option_no_decay_norms_and_biases():
+TASKS = {  # every task takes the same regularisation options
+    "classification": ("ClassificationTask", "resnet20", {"num_classes": 10}),
+    "segmentation": ("SegmentationTask", "unet_padded", {"model_args": {"depth": 2, "width": 4}}),
+}
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_task_option_no_decay_norms_and_biases(kind):
     from functools import partial
 
-    from zoo.training import ClassificationTask
+    import zoo.training
 
+    cls_name, model, kwargs = TASKS[kind]
+    cls = getattr(zoo.training, cls_name)
     optimizer = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
-    plain = ClassificationTask("resnet20", num_classes=10, optimizer=optimizer).configure_optimizers()
+    plain = cls(model, optimizer=optimizer, **kwargs).configure_optimizers()
     assert {g["weight_decay"] for g in plain.param_groups} == {0.05}  # off by default
-    task = ClassificationTask("resnet20", num_classes=10, optimizer=optimizer, no_decay_norms_and_biases=True)
+    task = cls(model, optimizer=optimizer, no_decay_norms_and_biases=True, **kwargs)
     opt = task.configure_optimizers()
     decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay_of.keys() == {id(p) for p in task.parameters()}
     for name, p in task.named_parameters():
         assert decay_of[id(p)] == (0.0 if p.ndim == 1 else 0.05), name
 

@@ -164,9 +164,11 @@ def test_loss_curves_use_a_log_axis(tmp_path: Path) -> None:
     plt.close(fig)
 
 
-def test_the_main_job_captured_to_a_file_is_plain_and_quiet(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--model.init_args.ema_decay", "0.9"]], ids=["recipe", "ema"])
+def test_the_main_job_captured_to_a_file_is_plain_and_quiet(tmp_path: Path, extra: list[str]) -> None:
     # as the README runs it, with stdout and stderr going to files: a line per epoch and the result,
-    # no progress-bar redraws (escape codes, carriage returns), no warnings of the dependencies, no tips
+    # no progress-bar redraws (escape codes, carriage returns), no warnings of the dependencies, no tips;
+    # also with the EMA option, whose callback Lightning otherwise comments on
     import os
     import subprocess
     import sys
@@ -174,7 +176,7 @@ def test_the_main_job_captured_to_a_file_is_plain_and_quiet(tmp_path: Path) -> N
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
         code = subprocess.run(
-            [sys.executable, "-m", "zoo.cli", "fit", "--config", DIGITS, "--trainer.max_epochs", "3"],
+            [sys.executable, "-m", "zoo.cli", "fit", "--config", DIGITS, "--trainer.max_epochs", "3", *extra],
             stdout=out, stderr=err, cwd=tmp_path, env=env, timeout=300,
         ).returncode  # fmt: skip
     stdout, stderr = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
@@ -182,7 +184,9 @@ def test_the_main_job_captured_to_a_file_is_plain_and_quiet(tmp_path: Path) -> N
     for text in (stdout, stderr):
         assert "\x1b" not in text and "\r" not in text
         for line in text.splitlines():
-            assert not re.search(r"warn|\.py:\d+: |Tip:|💡|litlogger|LeafSpec|logging interval", line, re.I), line
+            assert not re.search(
+                r"warn|\.py:\d+: |Tip:|💡|litlogger|LeafSpec|logging interval|callbacks|WeightAveraging", line, re.I
+            ), line
     lines = stdout.splitlines()
     assert [line.split("  ")[0] for line in lines[:3]] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"], stdout
     assert all("train/loss" in line and "val/acc" in line for line in lines[:3])

@@ -91,3 +91,39 @@ def test_tasks_take_keyword_arguments_after_the_model(task: type) -> None:
     with pytest.raises(TypeError, match="positional argument"):
         task("lenet5", {"drop_rate": 0.1})
     assert task.__init__.__kwdefaults__ and "model_args" in task.__init__.__kwdefaults__
+
+
+def test_segmentation_logs_each_class_iou_by_the_data_modules_class_names(tmp_path) -> None:
+    # test/iou_<class> for every class, equal to the IoU of the saved predictions, and their mean is test/iou
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 16, 16)
+    y = (x > 0.3).long()[:, 0]  # learnable, unbalanced classes
+
+    class Blobs(L.LightningDataModule):
+        classes = ("background", "blob")
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(x, y), batch_size=3)
+
+        val_dataloader = test_dataloader = train_dataloader
+
+    small = {"depth": 2, "width": 4}
+    task = SegmentationTask("unet_padded", model_args=small, ema_decay=0.5)
+    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer.fit(task, Blobs())
+    assert {"val/iou_background", "val/iou_blob"} <= set(trainer.callback_metrics)
+    (metrics,) = trainer.test(task, Blobs(), ckpt_path=None, verbose=False)
+    with torch.no_grad():
+        pred = task.eval().predict_whole(x).argmax(1)
+    expected = []
+    for k in (0, 1):
+        inter = ((pred == k) & (y == k)).sum().item()
+        union = ((pred == k) | (y == k)).sum().item()
+        expected.append(inter / union)
+    assert metrics["test/iou_background"] == pytest.approx(expected[0], abs=1e-5)
+    assert metrics["test/iou_blob"] == pytest.approx(expected[1], abs=1e-5)
+    assert metrics["test/iou"] == pytest.approx(sum(expected) / 2, abs=1e-5)
+    assert expected[0] != expected[1]

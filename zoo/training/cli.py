@@ -349,19 +349,29 @@ QUIET_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch's pytree, called inside Lightning
     r"The number of training batches \(\d+\) is smaller than the logging interval",  # epoch values are all logged
     r"The dirpath has changed from",  # evaluating a run's checkpoint: its callback state is not needed
+    # ema_decay, testing after fit: the checkpoint's weights already are the average
+    r"You're using the WeightAveraging callback, but loading a checkpoint outside the 'fit' stage",
+)
+
+# Lightning's informational log lines that a zoo user can do nothing about (their start)
+QUIET_LOGS = (
+    "💡 Tip",  # the advertisement for Lightning's cloud logger ("💡 Tip: ... litlogger")
+    # ema_decay: the task's own EMA callback, returned again for the test after fit, replaces itself
+    "The following callbacks returned in `LightningModule.configure_callbacks` will override existing "
+    "callbacks passed to Trainer: EMAWeightAveraging",
 )
 
 
 class _NoTips(logging.Filter):
-    """Drops Lightning's advertisement for its cloud logger ("💡 Tip: ... litlogger")."""
+    """Drops the log lines of `QUIET_LOGS` (Lightning's tips among them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(QUIET_LOGS)
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Within this block, the dependencies' messages in `QUIET_WARNINGS` and Lightning's tips are not shown."""
+    """Within this block, the dependencies' messages in `QUIET_WARNINGS` and `QUIET_LOGS` are not shown."""
     lightning_log = logging.getLogger("lightning.pytorch")
     tips = _NoTips()
     handlers = [*lightning_log.handlers, *logging.getLogger().handlers]

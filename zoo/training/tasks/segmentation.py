@@ -55,6 +55,15 @@ class SegmentationTask(_Task):
         tta: test-time augmentation for test and predict: the class probabilities are the
             mean over the image's 8 mirror images and quarter turns (each prediction turned
             back). Validation stays plain.
+        weights: start from these weights (a file, or a name ``zoo info MODEL`` lists), as
+            `ClassificationTask`'s.
+        no_decay_norms_and_biases: no weight decay on norm weights, biases and layer scales
+            (as `ClassificationTask`'s).
+        ema_decay: evaluate, test and save an exponential moving average of the weights
+            (as `ClassificationTask`'s).
+
+    Besides the macro mean IoU (``iou``), validation and test log each class's IoU as
+    ``iou_<class>`` (the data module's class names, e.g. ``test/iou_membrane``).
     """
 
     monitor = ("val/iou", "max")
@@ -75,6 +84,9 @@ class SegmentationTask(_Task):
         channels_last: bool = False,
         compile: bool = False,
         tta: bool = False,
+        weights: str | None = None,
+        no_decay_norms_and_biases: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -86,6 +98,9 @@ class SegmentationTask(_Task):
             channels_last=channels_last,
             compile=compile,
             tta=tta,
+            weights=weights,
+            no_decay_norms_and_biases=no_decay_norms_and_biases,
+            ema_decay=ema_decay,
         )
         if class_weights is not None and len(class_weights) != num_classes:
             raise InvalidArgumentError(
@@ -108,6 +123,10 @@ class SegmentationTask(_Task):
         )
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # per-class IoU: a vector, logged element by element at the end of each evaluation epoch
+        self.class_iou = torch.nn.ModuleDict(
+            {stage: MulticlassJaccardIndex(num_classes, average="none") for stage in ("val", "test")}
+        )
 
     def _loss(self, logits: Tensor, y: Tensor | WeightedLabels) -> Tensor:
         weights = None
@@ -151,9 +170,25 @@ class SegmentationTask(_Task):
         x, y = batch
         logits = self.predict_whole(x, tta=self.tta and stage == "test")
         self._log_loss(stage, self._loss(logits, y), len(y))
-        metrics.update(logits.float(), center_crop(y, logits.shape[-2:]))
+        target = center_crop(y, logits.shape[-2:])
+        metrics.update(logits.float(), target)
+        self.class_iou[stage].update(logits.float(), target)
         for name, metric in metrics.items():
             self.log(name, metric, prog_bar=name == f"{stage}/iou")
+
+    def _log_class_iou(self, stage: str) -> None:
+        metric = self.class_iou[stage]
+        if not metric.update_called:  # e.g. a validation loop with no batches
+            return
+        for name, value in zip(self._classes(), metric.compute(), strict=True):
+            self.log(f"{stage}/iou_{name}", value)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_class_iou("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_class_iou("test")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
