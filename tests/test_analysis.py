@@ -330,3 +330,22 @@ def test_compare_table_fits_a_terminal_and_says_what_it_left_out(monkeypatch, ca
     assert max(len(line) for line in out.splitlines()) <= 80 and "--wide shows every column" in out
     assert main(["compare", "--all", "--wide"]) == 0
     assert "GFLOPs" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_comparing_every_model_does_not_import_dynamo():
+    # `zoo compare --all` stays fast: importing zoo does not import torch._dynamo (about a second),
+    # and the counting run makes the operators whose meta kernels are Python behind a dynamo-disabling
+    # wrapper (convolution, batch norm, elementwise arithmetic, ...) itself, for every registered model
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, zoo\n"
+        "assert 'torch._dynamo' not in sys.modules, 'import zoo imported torch._dynamo'\n"
+        "from zoo.analysis import compare\n"
+        "rows = compare()\n"
+        "assert len(rows) == len(zoo.list_models()) and all(r.macs for r in rows if r.error is None)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'compare() imported torch._dynamo'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr

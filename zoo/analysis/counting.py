@@ -21,9 +21,12 @@ _SPATIAL_LAYERS = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.mo
 #
 # On the meta device most operators run Python meta kernels (decompositions), and the hot
 # ones (convolution, batch norm, layer norm, the matrix products, GELU) cost more than the rest of
-# a forward pass together. Their outputs are simple, so `_fast` makes them directly; every
-# other operator runs its own meta kernel. tests/test_analysis.py checks that `_fast`
-# gives the same shapes, strides and dtypes as torch for every registered model.
+# a forward pass together; many sit behind torch's dynamo-disabling wrapper, which imports
+# torch._dynamo (1-2 s) at its first call. Their outputs are simple, so `_fast` makes them
+# directly (also elementwise arithmetic, pooling, concatenation, reductions), where the layout
+# is plain; every other operator runs its own meta kernel. tests/test_analysis.py checks that
+# `_fast` gives the same shapes, strides and dtypes as torch for every registered model, and
+# that comparing every model does not import torch._dynamo.
 
 
 def _pairs(values: Sequence[int], n: int) -> list[int]:
@@ -68,9 +71,44 @@ def _matmul_shape(args: Sequence[Any]) -> tuple[int, ...] | None:
     return (*a.shape[:-1], b.shape[-1])
 
 
-_UNARY = {aten.gelu.default, aten.tanh.default, aten.sigmoid.default, aten.silu.default, aten.hardswish.default}
+_UNARY = {
+    aten.gelu.default,
+    aten.tanh.default,
+    aten.sigmoid.default,
+    aten.silu.default,
+    aten.hardswish.default,
+    aten.neg.default,
+    aten.pow.Tensor_Scalar,
+}
+_IN_PLACE = {aten.hardtanh_.default, aten.relu_.default, aten.silu_.default, aten.hardswish_.default}
+_ELEMENTWISE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.addcmul.default}
+_POOL = {aten.max_pool2d_with_indices.default: True, aten.avg_pool2d.default: False}  # has dilation and indices
+# reductions, and the position of their dims argument
+_REDUCE = {aten.mean.dim: 1, aten.sum.dim_IntList: 1, aten.linalg_vector_norm.default: 2}
+_FILLED = {aten.zeros.default, aten.ones.default, aten.full.default}
+_META = torch.device("meta")
 _MATMUL = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
 _CONV = aten.convolution.default
+
+
+def _empty(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """A contiguous meta tensor (``torch.empty`` has a C++ meta kernel; ``new_empty``/``empty_like`` run Python)."""
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _like(x: Tensor) -> Tensor:
+    """``torch.empty_like(x)`` for a dense meta tensor: same shape, strides and dtype."""
+    return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+
+
+def _dense(x: Tensor) -> bool:
+    return x.is_contiguous() or _is_channels_last(x)
+
+
+def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    return len(shape) <= len(target) and all(
+        n in (1, m) for n, m in zip(reversed(shape), reversed(target), strict=False)
+    )
 
 
 def _fast(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -84,23 +122,141 @@ def _fast(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         return None
     if func is _CONV:
         shape = _conv_shape(args)
-        return None if shape is None else args[0].new_empty(shape)  # torch's meta conv is contiguous too
+        return None if shape is None else _empty(shape, args[0].dtype)  # torch's meta conv is contiguous too
     if func is aten.native_batch_norm.default or func is aten._native_batch_norm_legit_no_training.default:
         x, weight = args[0], args[1]
         training = func is aten.native_batch_norm.default and args[5]
-        if training or x.dim() < 2 or (weight is not None and weight.shape != (x.shape[1],)):
+        if training or x.dim() < 2 or not _dense(x) or (weight is not None and weight.shape != (x.shape[1],)):
             return None
-        return (torch.empty_like(x), x.new_empty((x.shape[1],)), x.new_empty((x.shape[1],)))
+        return (_like(x), _empty((x.shape[1],), x.dtype), _empty((x.shape[1],), x.dtype))
     if func is aten.native_layer_norm.default:
         x, shape, weight = args[0], tuple(args[1]), args[2]
         axis = x.dim() - len(shape)
         if axis < 0 or tuple(x.shape[axis:]) != shape or (weight is not None and tuple(weight.shape) != shape):
             return None
         stats = (*x.shape[:axis], *([1] * len(shape)))
-        return (torch.empty(x.shape, dtype=x.dtype, device="meta"), x.new_empty(stats), x.new_empty(stats))
+        return (_empty(x.shape, x.dtype), _empty(stats, x.dtype), _empty(stats, x.dtype))
     if func in _UNARY:
-        return torch.empty_like(args[0])
+        return _like(args[0]) if args[0].is_floating_point() and _dense(args[0]) else None
+    if func in _IN_PLACE:
+        return args[0]
+    if func is aten.add_.Tensor and isinstance(args[1], Tensor) and _broadcasts_to(args[1].shape, args[0].shape):
+        return args[0]
+    if func in _ELEMENTWISE:
+        return _elementwise(args)
+    if func in _POOL:
+        return _pool(args, _POOL[func])
+    if func is aten._adaptive_avg_pool2d.default or func is aten.upsample_nearest2d.default:
+        x, size = args[0], args[1]
+        scaled = len(args) > 2 and any(a is not None for a in args[2:])
+        if scaled or x.dim() != 4 or not _dense(x) or min(size) < 1:
+            return None
+        return _empty_as(x, (*x.shape[:2], *size))
+    if func in _REDUCE:
+        return _reduce(args, _REDUCE[func])
+    if func is aten.cat.default:
+        return _cat(args)
     return None
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    """Stored as N, H, W, C (and not also as N, C, H, W: a map with 1x1 spatial size is both)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _elementwise(args: Sequence[Any]) -> Tensor | None:
+    """add/sub/mul/div/addcmul of floating tensors of one dtype and Python numbers, where the output's layout
+    is plain: every operand contiguous, or the full-size ones channels_last and the others broadcast along one dim."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    numbers = [a for a in args if not isinstance(a, Tensor)]
+    if any(type(a) not in (int, float) for a in numbers) or not tensors:
+        return None
+    dtype = tensors[0].dtype
+    if not dtype.is_floating_point or any(t.dtype != dtype or t.dim() == 0 for t in tensors):
+        return None
+    rank = max(t.dim() for t in tensors)
+    shape = [1] * rank
+    for t in tensors:
+        for i, n in enumerate(t.shape, start=rank - t.dim()):
+            if n != shape[i] and 1 not in (n, shape[i]):
+                return None  # not broadcastable: torch says why
+            shape[i] = max(n, shape[i])
+    if all(t.is_contiguous() for t in tensors):
+        return torch.empty(shape, dtype=dtype, device="meta")
+    full = [t for t in tensors if list(t.shape) == shape]
+    rest = [t for t in tensors if list(t.shape) != shape]
+    along_one_dim = all(t.is_contiguous() and t.numel() in t.shape for t in rest)
+    if full and all(_is_channels_last(t) for t in full) and along_one_dim:
+        return torch.empty(shape, dtype=dtype, device="meta", memory_format=torch.channels_last)
+    return None
+
+
+def _empty_as(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
+    """A meta tensor of `shape` in `x`'s memory format (channels_last or contiguous)."""
+    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or x.dtype, device="meta", memory_format=fmt)
+
+
+def _pool(args: Sequence[Any], max_pool: bool) -> Any:
+    """max_pool2d_with_indices (output, indices) / avg_pool2d of a dense 4-D tensor; None where torch refuses."""
+    x = args[0]
+    if x.dim() != 4 or not _dense(x) or not x.is_floating_point():
+        return None
+    defaults = [None, None, [], [0], [1], False] if max_pool else [None, None, [], [0], False, True, None]
+    full = [*args, *defaults[len(args) :]]
+    kernel, stride, padding = _pairs(full[1], 2), _pairs(full[2] or full[1], 2), _pairs(full[3], 2)
+    dilation, ceil_mode = (_pairs(full[4], 2), full[5]) if max_pool else ([1, 1], full[4])
+    if not max_pool and full[6] is not None:  # divisor_override
+        return None
+    sizes = []
+    for n, k, st, p, d in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True):
+        span = d * (k - 1) + 1
+        if min(k, st, d) < 1 or p < 0 or 2 * p > span or n + 2 * p < span:
+            return None  # torch says why
+        out = (n + 2 * p - span + (st - 1 if ceil_mode else 0)) // st + 1
+        if ceil_mode and (out - 1) * st >= n + p:  # the last window must start inside the input
+            out -= 1
+        sizes.append(out)
+    shape = (*x.shape[:2], *sizes)
+    return (_empty_as(x, shape), _empty_as(x, shape, torch.int64)) if max_pool else _empty_as(x, shape)
+
+
+def _reduce(args: Sequence[Any], at: int) -> Tensor | None:
+    """mean / sum / a vector norm over dims of a floating tensor (torch's output is contiguous, whatever the input)."""
+    x = args[0]
+    if len(args) <= at or not x.is_floating_point() or x.dim() == 0:
+        return None
+    dims, keepdim = args[at], args[at + 1] if len(args) > at + 1 else False
+    if not isinstance(dims, (list, tuple)) or not dims:
+        return None
+    axes = {d % x.dim() for d in dims}
+    if len(axes) != len(dims):
+        return None
+    shape = [1 if i in axes else n for i, n in enumerate(x.shape) if keepdim or i not in axes]
+    return torch.empty(shape, dtype=x.dtype, device="meta")
+
+
+def _cat(args: Sequence[Any]) -> Tensor | None:
+    """Concatenation of same-rank floating tensors: channels_last if every input is, else contiguous."""
+    tensors, dim = args[0], args[1] if len(args) > 1 else 0
+    if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+        return None
+    first = tensors[0]
+    rank, dtype = first.dim(), first.dtype
+    if rank == 0 or not dtype.is_floating_point:
+        return None
+    dim %= rank
+    for t in tensors:
+        if t.dim() != rank or t.dtype != dtype or any(t.shape[i] != first.shape[i] for i in range(rank) if i != dim):
+            return None
+        ordered = all(t.stride(i) >= t.stride(i + 1) for i in range(rank - 1)) and t.stride(-1) == 1
+        if not (ordered or _is_channels_last(t)):
+            return None  # another layout: torch decides
+    shape = list(first.shape)
+    shape[dim] = sum(t.shape[dim] for t in tensors)
+    channels_last = all(_is_channels_last(t) for t in tensors)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device="meta", memory_format=fmt)
 
 
 def _macs(func: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
@@ -116,14 +272,46 @@ def _macs(func: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> i
     return 0 if formula is None else formula(*args, **kwargs, out_val=out) // 2
 
 
-class _SkipInit(TorchDispatchMode):
+class _Mode(TorchDispatchMode):
+    """A dispatch mode that never runs under torch.compile: torch would otherwise wrap its
+    ``__torch_dispatch__`` in a dynamo-disabling wrapper, which imports torch._dynamo (about a
+    second) at the first operator and costs a little at every one."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+
+def _filled(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Tensor | None:
+    """``torch.zeros``/``ones``/``full`` on the meta device (their meta kernels are Python), or None."""
+    if kwargs.keys() - {"dtype", "device", "layout", "pin_memory"} or kwargs.get("layout") not in (None, torch.strided):
+        return None
+    dtype = kwargs.get("dtype")
+    if dtype is None and func is aten.full.default:  # the fill value's type decides
+        dtype = {bool: torch.bool, int: torch.int64, float: torch.get_default_dtype()}.get(type(args[1]))
+    elif dtype is None:
+        dtype = torch.get_default_dtype()
+    return None if dtype is None else _empty(args[0], dtype)
+
+
+class _SkipInit(_Mode):
     """While a model is built on the meta device: in-place initialisation (``normal_``, ``zero_``,
     ``trunc_normal_``'s steps, ...) has nothing to write, so it returns at once."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.is_mutable and args and isinstance(args[0], Tensor) and args[0].is_meta:
-            return args[0]
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func in _FILLED and kwargs.get("device") == _META:
+            out = _filled(func, args, kwargs)  # zeros, ones, full: nothing to fill
+            if out is not None:
+                return out
+        if args and isinstance(args[0], Tensor) and args[0].is_meta:
+            if func._schema.is_mutable:
+                return args[0]
+            if all(a.is_meta for a in args if isinstance(a, Tensor)):
+                out = _fast(func, args, kwargs)
+                if out is not None:
+                    return out
+        return func(*args, **kwargs)
 
 
 @dataclass
@@ -138,7 +326,7 @@ class _Call:
     note: str = ""
 
 
-class _Run(TorchDispatchMode):
+class _Run(_Mode):
     """Counts MACs and written bytes per operator, and which tensors (parameters) the forward reads.
 
     For `summary`, module hooks keep `modules` (the modules running, innermost last) and

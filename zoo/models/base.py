@@ -28,10 +28,12 @@ the model was created with ``pad_input=True``.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +134,26 @@ class WeightInit:
 HE_CONV_NORMAL_LINEAR = WeightInit(conv=he_normal("fan_out"), linear=normal(0.01))
 
 
+def _lazy_compiler_disable(fn: Any) -> Any:
+    """`torch.compiler.disable(fn)`, without importing torch._dynamo (about a second) before it is needed.
+
+    Nothing can be compiling while torch._dynamo is not imported, so until then `fn` runs as it
+    is; afterwards through `torch.compiler.disable(fn)`, made once.
+    """
+    disabled = None
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        nonlocal disabled
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return inner
+
+
 class ZooNetwork(nn.Module):
     """What every zoo network shares: `in_channels`, the input checks and the arithmetic behind them."""
 
@@ -167,8 +189,10 @@ class ZooNetwork(nn.Module):
         return card.name if card is not None else type(self).__name__
 
     # run eagerly under torch.compile: a break before the first op costs nothing, and the
-    # checks (and their errors) stay exactly as without compile
-    @torch.compiler.disable
+    # checks (and their errors) stay exactly as without compile. torch's lazy form of
+    # torch.compiler.disable: it imports torch._dynamo (about a second) at the first call, not
+    # when zoo is imported.
+    @_lazy_compiler_disable
     def check_input(self, x: Tensor) -> None:
         """Raise `InputShapeError` with one clear line if the model cannot take `x`."""
         if torch.jit.is_tracing():  # a trace is specialised to its example input anyway
