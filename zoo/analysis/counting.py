@@ -20,13 +20,14 @@ _SPATIAL_LAYERS = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.mo
 # --------------------------------------------------------------------------- counting
 #
 # On the meta device most operators run Python meta kernels (decompositions), and the hot
-# ones (convolution, batch norm, layer norm, the matrix products, GELU) cost more than the rest of
-# a forward pass together; many sit behind torch's dynamo-disabling wrapper, which imports
-# torch._dynamo (1-2 s) at its first call. Their outputs are simple, so `_fast` makes them
-# directly (also elementwise arithmetic, pooling, concatenation, reductions), where the layout
-# is plain; every other operator runs its own meta kernel. tests/test_analysis.py checks that
-# `_fast` gives the same shapes, strides and dtypes as torch for every registered model, and
-# that comparing every model does not import torch._dynamo.
+# ones (convolution, batch norm, layer norm, the matrix products, GELU) cost more than the rest
+# of a forward pass together; many sit behind torch's dynamo-disabling wrapper, which imports
+# torch._dynamo (1-2 s) at its first call, or call torch._check, which imports sympy (0.4 s).
+# Their outputs are simple, so `_fast` makes them directly (also elementwise arithmetic,
+# pooling, concatenation, reductions, padding), where the layout is plain; every other operator
+# runs its own meta kernel. tests/test_analysis.py checks that `_fast` gives the same shapes,
+# strides and dtypes as torch for every registered model, and that comparing every model
+# imports neither torch._dynamo nor sympy.
 
 
 def _pairs(values: Sequence[int], n: int) -> list[int]:
@@ -82,7 +83,12 @@ _UNARY = {
 }
 _IN_PLACE = {aten.hardtanh_.default, aten.relu_.default, aten.silu_.default, aten.hardswish_.default}
 _ELEMENTWISE = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.addcmul.default}
-_POOL = {aten.max_pool2d_with_indices.default: True, aten.avg_pool2d.default: False}  # has dilation and indices
+# pooling: (spatial dims, whether it has dilation and indices)
+_POOL = {
+    aten.max_pool2d_with_indices.default: (2, True),
+    aten.avg_pool2d.default: (2, False),
+    aten.avg_pool3d.default: (3, False),
+}
 # reductions, and the position of their dims argument
 _REDUCE = {aten.mean.dim: 1, aten.sum.dim_IntList: 1, aten.linalg_vector_norm.default: 2}
 _FILLED = {aten.zeros.default, aten.ones.default, aten.full.default}
@@ -145,7 +151,7 @@ def _fast(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     if func in _ELEMENTWISE:
         return _elementwise(args)
     if func in _POOL:
-        return _pool(args, _POOL[func])
+        return _pool(args, *_POOL[func])
     if func is aten._adaptive_avg_pool2d.default or func is aten.upsample_nearest2d.default:
         x, size = args[0], args[1]
         scaled = len(args) > 2 and any(a is not None for a in args[2:])
@@ -156,6 +162,32 @@ def _fast(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         return _reduce(args, _REDUCE[func])
     if func is aten.cat.default:
         return _cat(args)
+    return _other(func, args)
+
+
+def _other(func: Any, args: Sequence[Any]) -> Any:
+    """The rarer operators whose meta kernels are Python (LRN's padding, LeNet's connection table, ...)."""
+    x = args[0]
+    if not isinstance(x, Tensor) or not x.is_contiguous():
+        return None
+    if func is aten.constant_pad_nd.default:  # (x, pad, value): pad pairs from the last dim backwards
+        pad, shape = list(args[1]), list(x.shape)
+        if len(pad) % 2 or len(pad) // 2 > x.dim():
+            return None
+        for i in range(len(pad) // 2):
+            shape[-1 - i] += pad[2 * i] + pad[2 * i + 1]
+        return _empty(shape, x.dtype) if min(shape, default=1) >= 1 else None
+    if func is aten.index_select.default:  # (x, dim, index)
+        dim, index = args[1], args[2]
+        if index.dim() > 1 or index.dtype not in (torch.int64, torch.int32) or x.dim() == 0:
+            return None
+        shape = list(x.shape)
+        shape[dim % x.dim()] = index.numel()
+        return _empty(shape, x.dtype)
+    if func is aten.scatter.src:  # (x, dim, index, src): x's shape
+        return _empty(x.shape, x.dtype) if args[3].dtype == x.dtype and args[2].dim() == x.dim() else None
+    if func is aten.sort.default:  # (x, dim=-1, descending=False): values and their positions
+        return (_empty(x.shape, x.dtype), _empty(x.shape, torch.int64))
     return None
 
 
@@ -197,15 +229,18 @@ def _empty_as(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None)
     return torch.empty(shape, dtype=dtype or x.dtype, device="meta", memory_format=fmt)
 
 
-def _pool(args: Sequence[Any], max_pool: bool) -> Any:
-    """max_pool2d_with_indices (output, indices) / avg_pool2d of a dense 4-D tensor; None where torch refuses."""
+def _pool(args: Sequence[Any], n: int, max_pool: bool) -> Any:
+    """max_pool2d_with_indices (output, indices) / avg_pool2d / avg_pool3d of a dense tensor with a batch dim;
+    None where torch refuses (it then says why) or the layout is not plain."""
     x = args[0]
-    if x.dim() != 4 or not _dense(x) or not x.is_floating_point():
+    if x.dim() != n + 2 or not x.is_floating_point() or not (x.is_contiguous() or (n == 2 and _is_channels_last(x))):
         return None
     defaults = [None, None, [], [0], [1], False] if max_pool else [None, None, [], [0], False, True, None]
     full = [*args, *defaults[len(args) :]]
-    kernel, stride, padding = _pairs(full[1], 2), _pairs(full[2] or full[1], 2), _pairs(full[3], 2)
-    dilation, ceil_mode = (_pairs(full[4], 2), full[5]) if max_pool else ([1, 1], full[4])
+    kernel, stride, padding = _pairs(full[1], n), _pairs(full[2] or full[1], n), _pairs(full[3], n)
+    dilation, ceil_mode = (_pairs(full[4], n), full[5]) if max_pool else ([1] * n, full[4])
+    if not len(kernel) == len(stride) == len(padding) == len(dilation) == n:
+        return None
     if not max_pool and full[6] is not None:  # divisor_override
         return None
     sizes = []
