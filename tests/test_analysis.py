@@ -147,6 +147,66 @@ def test_fast_paths_agree_with_torch(name):
     assert check.fast and check.macs
 
 
+def _meta(*shape: int, channels_last: bool = False) -> torch.Tensor:
+    t = torch.empty(shape, device="meta")
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+aten = torch.ops.aten
+_CL = _meta(2, 8, 7, 5, channels_last=True)
+EDGE_CASES = {  # layouts and sizes the registered models' default inputs may not reach
+    "max pool, ceil mode, last window in the padding": (
+        aten.max_pool2d_with_indices.default,
+        (_meta(1, 3, 7, 6), [3, 3], [2, 2], [1, 1], [1, 1], True),
+    ),
+    "max pool, dilated, channels_last": (
+        aten.max_pool2d_with_indices.default,
+        (_CL, [2, 2], [1, 1], [0, 0], [2, 2], False),
+    ),
+    "avg pool, ceil mode, odd": (aten.avg_pool2d.default, (_meta(1, 3, 9, 10), [2, 2], [2, 2], [0, 0], True)),
+    "avg pool 3d (LRN)": (aten.avg_pool3d.default, (_meta(1, 1, 12, 5, 5), [5, 1, 1], [1, 1, 1])),
+    "add, channels_last + per-channel": (aten.add.Tensor, (_CL, _meta(8, 1, 1))),
+    "mul, contiguous + broadcast rows": (aten.mul.Tensor, (_meta(2, 1, 5), _meta(3, 5))),
+    "div by a number": (aten.div.Tensor, (_CL, 3)),
+    "addcmul": (aten.addcmul.default, (_meta(8, 1, 1), _meta(8, 1, 1), _CL)),
+    "cat, channels_last + contiguous": (aten.cat.default, ([_CL, _meta(2, 3, 7, 5)], 1)),
+    "cat, channels_last": (aten.cat.default, ([_CL, _CL], 1)),
+    "cat, cropped view": (aten.cat.default, ([_meta(1, 4, 9, 9)[:, :, 1:8, 1:8], _meta(1, 2, 7, 7)], 1)),
+    "mean over H, W of channels_last": (aten.mean.dim, (_CL, [-2, -1])),
+    "mean over C, kept": (aten.mean.dim, (_CL, [1], True)),
+    "vector norm over H, W, kept": (aten.linalg_vector_norm.default, (_meta(2, 7, 5, 8), 2, [1, 2], True)),
+    "upsample, channels_last": (aten.upsample_nearest2d.default, (_CL, [14, 10])),
+    "adaptive pool": (aten._adaptive_avg_pool2d.default, (_meta(2, 8, 7, 5), [3, 3])),
+    "constant pad, negative": (aten.constant_pad_nd.default, (_meta(1, 2, 6, 6), [1, -2, 0, 3])),
+    "gelu of channels_last": (aten.gelu.default, (_CL,)),
+}
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_fast_paths_agree_with_torch_at_edge_cases(case):
+    func, args = EDGE_CASES[case]
+    fast = analysis.counting._fast(func, args, {})
+    real = func(*args)
+    assert fast is not None, "the fast path should take this case"
+    for a, b in zip(tree_flatten(fast)[0], tree_flatten(real)[0], strict=True):
+        assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype)
+
+
+@pytest.mark.parametrize(
+    ("func", "args"),
+    [
+        (aten.max_pool2d_with_indices.default, (_meta(1, 3, 2, 2), [3, 3], [1, 1], [0, 0])),  # window > input
+        (aten.max_pool2d_with_indices.default, (_meta(1, 3, 8, 8), [2, 2], [2, 2], [2, 2])),  # padding > half
+        (aten.add.Tensor, (_meta(2, 3), _meta(4, 3))),  # not broadcastable
+        (aten.cat.default, ([_meta(1, 2, 4, 4), _meta(1, 2, 5, 4)], 1)),  # sizes differ off the cat dim
+    ],
+)
+def test_fast_paths_leave_errors_to_torch(func, args):
+    assert analysis.counting._fast(func, args, {}) is None
+    with pytest.raises(RuntimeError):
+        func(*args)
+
+
 def test_receptive_field_and_output_stride():
     cases = {"alexnet": (195, 32), "vgg16": (212, 32), "resnet50": (427, 32), "lenet5": (16, 4)}
     for name, (rf, stride) in cases.items():

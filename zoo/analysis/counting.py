@@ -244,12 +244,12 @@ def _pool(args: Sequence[Any], n: int, max_pool: bool) -> Any:
     if not max_pool and full[6] is not None:  # divisor_override
         return None
     sizes = []
-    for n, k, st, p, d in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True):
+    for size, k, st, p, d in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True):
         span = d * (k - 1) + 1
-        if min(k, st, d) < 1 or p < 0 or 2 * p > span or n + 2 * p < span:
+        if min(k, st, d) < 1 or p < 0 or 2 * p > span or size + 2 * p < span:
             return None  # torch says why
-        out = (n + 2 * p - span + (st - 1 if ceil_mode else 0)) // st + 1
-        if ceil_mode and (out - 1) * st >= n + p:  # the last window must start inside the input
+        out = (size + 2 * p - span + (st - 1 if ceil_mode else 0)) // st + 1
+        if ceil_mode and (out - 1) * st >= size + p:  # the last window must start inside the input
             out -= 1
         sizes.append(out)
     shape = (*x.shape[:2], *sizes)
