@@ -19,17 +19,9 @@ from zoo.models.densenet import DenseNet, DenseNetConfig
 from zoo.weights import import_weights
 from zoo.weights.keymaps import convert_state_dict
 
+from helpers import randomise_norms
+
 DENSENETS = zoo.list_models("densenet*")
-
-
-def _randomise_norms(model: nn.Module) -> None:
-    """Non-trivial batch-norm statistics and affine parameters, so that a swapped norm would show."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.2, 0.6)
-            m.bias.data.uniform_(-0.2, 0.2)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +29,7 @@ def pair() -> tuple[nn.Module, nn.Module]:
     """torchvision's densenet121 (random weights, perturbed norms) and ours with its weights, in eval mode."""
     torch.manual_seed(0)
     theirs = torchvision.models.densenet121().eval()
-    _randomise_norms(theirs)
+    randomise_norms(theirs)
     return theirs, import_weights(zoo.create("densenet121"), theirs).eval()
 
 

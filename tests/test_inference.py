@@ -13,16 +13,7 @@ import zoo
 from zoo.bench import Settings, bench_models
 from zoo.inference import fold_batch_norms, optimize_for_inference
 
-
-def _randomise_norms(model: nn.Module) -> None:
-    """Non-trivial running statistics, so that folding is really exercised."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1, generator=g)
-            m.running_var.uniform_(0.5, 1.5, generator=g)
-            m.weight.data.uniform_(0.5, 1.5, generator=g)
-            m.bias.data.normal_(0, 0.1, generator=g)
+from helpers import randomise_norms
 
 
 @pytest.mark.parametrize(
@@ -31,7 +22,7 @@ def _randomise_norms(model: nn.Module) -> None:
 def test_optimized_model_matches_fp32(name, size):
     torch.manual_seed(0)
     model = zoo.create(name).eval()
-    _randomise_norms(model)
+    randomise_norms(model, torch.Generator().manual_seed(0))
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = model(x)
@@ -47,7 +38,7 @@ def test_optimized_model_matches_fp32(name, size):
 def test_optimized_bf16_is_close():
     torch.manual_seed(0)
     model = zoo.create("resnet18").eval()
-    _randomise_norms(model)
+    randomise_norms(model, torch.Generator().manual_seed(0))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)

@@ -16,16 +16,9 @@ from zoo.errors import ConfigurationError
 from zoo.models.mobilenet import InvertedResidual, make_divisible
 from zoo.weights import import_weights
 
+from helpers import randomise_norms
+
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)  # the paper's multipliers (Table 6, Figure 5)
-
-
-def _randomise_norms(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.2, 0.6)
-            m.bias.data.uniform_(-0.2, 0.2)
 
 
 @pytest.mark.parametrize("width_mult", WIDTHS)
@@ -41,7 +34,7 @@ def test_parameter_counts_equal_torchvisions_at_every_width(width_mult):
 def test_outputs_and_stages_equal_torchvisions_after_import(width_mult):
     torch.manual_seed(0)
     theirs = torchvision.models.mobilenet_v2(width_mult=width_mult).eval()
-    _randomise_norms(theirs)
+    randomise_norms(theirs)
     ours = import_weights(zoo.create("mobilenet_v2", width_mult=width_mult), theirs).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

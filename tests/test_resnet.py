@@ -15,6 +15,8 @@ from zoo.models.resnet import ResNet, ResNetConfig
 from zoo.models.resnet_blocks import BasicBlock, Bottleneck, ZeroPadShortcut
 from zoo.weights import import_weights
 
+from helpers import randomise_norms
+
 IMAGENET = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
@@ -60,21 +62,11 @@ def test_cifar_parameter_counts_match_the_paper(name):
     )
 
 
-def _randomise_norms(model: nn.Module) -> None:
-    """Non-trivial batch-norm statistics and affine parameters, so that a swapped norm would show."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.2, 0.6)
-            m.bias.data.uniform_(-0.2, 0.2)
-
-
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_torchvision_weights_give_the_same_outputs(name):
     torch.manual_seed(0)
     theirs = getattr(torchvision.models, name)().eval()
-    _randomise_norms(theirs)
+    randomise_norms(theirs)
     ours = import_weights(zoo.create(name), theirs).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -87,7 +79,7 @@ def test_stages_are_torchvisions_intermediate_outputs():
     """stem (stride 2), layer1 (4) ... layer4 (32): what a U-Net decoder takes as skips."""
     torch.manual_seed(0)
     tv = torchvision.models.resnet18().eval()
-    _randomise_norms(tv)
+    randomise_norms(tv)
     ours = import_weights(zoo.create("resnet18"), tv).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -217,7 +209,7 @@ def test_output_stride_matches_torchvisions_replace_stride_with_dilation(name, o
     torch.manual_seed(0)
     theirs = torchvision.models.get_model(name, replace_stride_with_dilation=TORCHVISION_DILATION[output_stride])
     theirs.eval()
-    _randomise_norms(theirs)
+    randomise_norms(theirs)
     ours = import_weights(zoo.create(name, output_stride=output_stride), theirs).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -234,7 +226,7 @@ def test_basic_block_dilation_matches_timm(output_stride):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     theirs = timm.create_model("resnet18", output_stride=output_stride).eval()
-    _randomise_norms(theirs)
+    randomise_norms(theirs)
     ours = import_weights(zoo.create("resnet18", output_stride=output_stride), theirs).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

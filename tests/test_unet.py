@@ -315,6 +315,11 @@ def _dilates(name: str) -> bool:
     return "output_stride" in inspect.signature(model_class(encoder)).parameters
 
 
+def test_every_encoder_unet_of_the_registry_has_its_expected_counts():
+    """ENCODER_ROWS (the expected parameters, stride and decoder blocks) covers the registry's encoder U-Nets."""
+    assert set(ENCODER_ROWS) == set(ENCODER_UNETS) and ENCODER_UNETS
+
+
 @pytest.mark.parametrize("output_stride", [16, 8])
 @pytest.mark.parametrize("name", [n for n in ENCODER_UNETS if _dilates(n)])
 def test_encoder_unet_output_stride_dilates_its_encoder(name, output_stride):
