@@ -149,9 +149,15 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # --------------------------------------------------------------------------- every recipe, end to end
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
-def test_recipe_runs_end_to_end(recipe: Path, data_dir: Path, in_tmp: Path) -> None:
+def test_recipe_runs_end_to_end(recipe: Path, data_dir: Path, in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["fit", "--config", str(recipe), "--trainer.fast_dev_run", "1", *_recipe_overrides(recipe, data_dir)]
     assert main(args) == 0
+    # the smoke run leaves nothing in the working directory but runs/, and is not judged as training
+    assert [p.name for p in in_tmp.iterdir() if p.name not in ("runs", "cache")] == []
+    assert list((in_tmp / "runs" / recipe.stem).glob("checkpoints/*.ckpt"))
+    out, err = capsys.readouterr()
+    assert "zoo: warning" not in err and "UNHEALTHY" not in out, err
+    assert f"run folder runs/{recipe.stem})" in out.splitlines()[-1], out
 
 
 def test_recipes_name_only_what_they_change() -> None:

@@ -313,7 +313,7 @@ class ZooCLI(LightningCLI):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix)}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         wall = time.perf_counter() - self.started
-        folder = run_folder(self.trainer) or "."
+        folder = run_folder(self.trainer) or self.trainer.default_root_dir  # fast_dev_run: no logger folder
         health = next((c for c in self.trainer.callbacks if isinstance(c, RunHealth)), None)
         said = f"; {health.summary()}" if health is not None and health.findings else ""  # the warnings above
         print(f"zoo: {self.recipe}: {shown}  (wall {wall:.1f} s; run folder {folder}{said})")
@@ -335,6 +335,9 @@ def run(argv: list[str] | None) -> ZooCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
+            # where Lightning puts what has no logger folder: --trainer.fast_dev_run's checkpoint
+            # (it turns the logger off) goes under runs/RECIPE, not into the working directory
+            "default_root_dir": f"{RUNS_DIR}/{recipe}",
             "logger": {
                 "class_path": "zoo.training.report.CSVLogger",
                 "init_args": {"save_dir": RUNS_DIR, "name": recipe},
