@@ -189,9 +189,8 @@ class ZooNetwork(nn.Module):
         return card.name if card is not None else type(self).__name__
 
     # run eagerly under torch.compile: a break before the first op costs nothing, and the
-    # checks (and their errors) stay exactly as without compile. torch's lazy form of
-    # torch.compiler.disable: it imports torch._dynamo (about a second) at the first call, not
-    # when zoo is imported.
+    # checks (and their errors) stay exactly as without compile. Disabled lazily, so that
+    # `import zoo` does not import torch._dynamo (see `_lazy_compiler_disable`).
     @_lazy_compiler_disable
     def check_input(self, x: Tensor) -> None:
         """Raise `InputShapeError` with one clear line if the model cannot take `x`."""

@@ -180,7 +180,8 @@ class SegmentationTask(_Task):
         metric = self.class_iou[stage]
         if not metric.update_called:  # e.g. a validation loop with no batches
             return
-        for name, value in zip(self._classes(), metric.compute(), strict=True):
+        # compute() already gathers every process's counts: the same number on every rank
+        for name, value in zip(self._classes(), metric.compute().tolist(), strict=True):
             self.log(f"{stage}/iou_{name}", value)
         metric.reset()
 
