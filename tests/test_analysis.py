@@ -198,6 +198,7 @@ def test_fast_paths_agree_with_torch_at_edge_cases(case):
         (aten.max_pool2d_with_indices.default, (_meta(1, 3, 2, 2), [3, 3], [1, 1], [0, 0])),  # window > input
         (aten.max_pool2d_with_indices.default, (_meta(1, 3, 8, 8), [2, 2], [2, 2], [2, 2])),  # padding > half
         (aten.add.Tensor, (_meta(2, 3), _meta(4, 3))),  # not broadcastable
+        (aten.add_.Tensor, (_meta(1, 3), _meta(2, 3))),  # in place, but the result would be larger
         (aten.cat.default, ([_meta(1, 2, 4, 4), _meta(1, 2, 5, 4)], 1)),  # sizes differ off the cat dim
     ],
 )

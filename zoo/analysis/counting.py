@@ -97,9 +97,11 @@ _MATMUL = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.d
 _CONV = aten.convolution.default
 
 
-def _empty(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-    """A contiguous meta tensor (``torch.empty`` has a C++ meta kernel; ``new_empty``/``empty_like`` run Python)."""
-    return torch.empty(shape, dtype=dtype, device="meta")
+def _empty(shape: Sequence[int], dtype: torch.dtype, channels_last: bool = False) -> Tensor:
+    """A contiguous (or channels_last) meta tensor: ``torch.empty`` has a C++ meta kernel,
+    ``new_empty``/``empty_like`` run Python."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device="meta", memory_format=fmt)
 
 
 def _like(x: Tensor) -> Tensor:
@@ -111,10 +113,15 @@ def _dense(x: Tensor) -> bool:
     return x.is_contiguous() or _is_channels_last(x)
 
 
-def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
-    return len(shape) <= len(target) and all(
-        n in (1, m) for n, m in zip(reversed(shape), reversed(target), strict=False)
-    )
+def _broadcast(*shapes: Sequence[int]) -> list[int] | None:
+    """The shape `shapes` broadcast to, or None where they do not broadcast (torch then says why)."""
+    out = [1] * max(len(s) for s in shapes)
+    for shape in shapes:
+        for i, n in enumerate(shape, start=len(out) - len(shape)):
+            if n != out[i] and 1 not in (n, out[i]):
+                return None
+            out[i] = max(n, out[i])
+    return out
 
 
 def _fast(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -123,7 +130,7 @@ def _fast(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         if kwargs.keys() - {"beta", "alpha"}:
             return None
         shape = _matmul_shape(args)
-        return None if shape is None else torch.empty(shape, dtype=args[-1].dtype, device="meta")
+        return None if shape is None else _empty(shape, args[-1].dtype)
     if kwargs:
         return None
     if func is _CONV:
@@ -146,8 +153,8 @@ def _fast(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         return _like(args[0]) if args[0].is_floating_point() and _dense(args[0]) else None
     if func in _IN_PLACE:
         return args[0]
-    if func is aten.add_.Tensor and isinstance(args[1], Tensor) and _broadcasts_to(args[1].shape, args[0].shape):
-        return args[0]
+    if func is aten.add_.Tensor and isinstance(args[1], Tensor):  # in place: only if x keeps its shape
+        return args[0] if _broadcast(args[0].shape, args[1].shape) == list(args[0].shape) else None
     if func in _ELEMENTWISE:
         return _elementwise(args)
     if func in _POOL:
@@ -206,34 +213,29 @@ def _elementwise(args: Sequence[Any]) -> Tensor | None:
     dtype = tensors[0].dtype
     if not dtype.is_floating_point or any(t.dtype != dtype or t.dim() == 0 for t in tensors):
         return None
-    rank = max(t.dim() for t in tensors)
-    shape = [1] * rank
-    for t in tensors:
-        for i, n in enumerate(t.shape, start=rank - t.dim()):
-            if n != shape[i] and 1 not in (n, shape[i]):
-                return None  # not broadcastable: torch says why
-            shape[i] = max(n, shape[i])
+    shape = _broadcast(*(t.shape for t in tensors))
+    if shape is None:
+        return None
     if all(t.is_contiguous() for t in tensors):
-        return torch.empty(shape, dtype=dtype, device="meta")
+        return _empty(shape, dtype)
     full = [t for t in tensors if list(t.shape) == shape]
     rest = [t for t in tensors if list(t.shape) != shape]
     along_one_dim = all(t.is_contiguous() and t.numel() in t.shape for t in rest)
     if full and all(_is_channels_last(t) for t in full) and along_one_dim:
-        return torch.empty(shape, dtype=dtype, device="meta", memory_format=torch.channels_last)
+        return _empty(shape, dtype, channels_last=True)
     return None
 
 
 def _empty_as(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
     """A meta tensor of `shape` in `x`'s memory format (channels_last or contiguous)."""
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype or x.dtype, device="meta", memory_format=fmt)
+    return _empty(shape, dtype or x.dtype, channels_last=_is_channels_last(x))
 
 
 def _pool(args: Sequence[Any], n: int, max_pool: bool) -> Any:
     """max_pool2d_with_indices (output, indices) / avg_pool2d / avg_pool3d of a dense tensor with a batch dim;
     None where torch refuses (it then says why) or the layout is not plain."""
     x = args[0]
-    if x.dim() != n + 2 or not x.is_floating_point() or not (x.is_contiguous() or (n == 2 and _is_channels_last(x))):
+    if x.dim() != n + 2 or not x.is_floating_point() or not _dense(x):  # channels_last: 4-D only
         return None
     defaults = [None, None, [], [0], [1], False] if max_pool else [None, None, [], [0], False, True, None]
     full = [*args, *defaults[len(args) :]]
@@ -268,7 +270,7 @@ def _reduce(args: Sequence[Any], at: int) -> Tensor | None:
     if len(axes) != len(dims):
         return None
     shape = [1 if i in axes else n for i, n in enumerate(x.shape) if keepdim or i not in axes]
-    return torch.empty(shape, dtype=x.dtype, device="meta")
+    return _empty(shape, x.dtype)
 
 
 def _cat(args: Sequence[Any]) -> Tensor | None:
@@ -289,9 +291,7 @@ def _cat(args: Sequence[Any]) -> Tensor | None:
             return None  # another layout: torch decides
     shape = list(first.shape)
     shape[dim] = sum(t.shape[dim] for t in tensors)
-    channels_last = all(_is_channels_last(t) for t in tensors)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype, device="meta", memory_format=fmt)
+    return _empty(shape, dtype, channels_last=all(_is_channels_last(t) for t in tensors))
 
 
 def _macs(func: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
