@@ -230,7 +230,9 @@ def compare_page() -> str:
 multiply-accumulates, activation memory, weight size, depth, receptive field, output stride
 and minimum input size, each at the model's default input size unless `--input` says
 otherwise. Everything is computed on the meta device, so no memory is allocated and every
-registered model takes well under a second.
+registered model takes well under a second. On Linux, a comparison of a dozen models or more is
+shared between forked worker processes, one per CPU (at most 4); `ZOO_COMPARE_WORKERS=1` keeps
+it in one process.
 
 ```console
 $ zoo compare {" ".join(COMPARED[:4])} \\

@@ -410,5 +410,52 @@ def test_comparing_every_model_imports_neither_dynamo_nor_sympy():
         "imported = [m for m in ('torch._dynamo', 'sympy') if m in sys.modules]\n"
         "assert not imported, f'compare() imported {imported}'\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "ZOO_COMPARE_WORKERS": "1"}  # in this process: a worker's imports would not show here
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_compare_in_worker_processes_gives_the_rows_of_one_process(monkeypatch):
+    """Every registered model, and one registered by the user here: the forked workers (2, whatever the
+    machine has) return what one process computes, in the same order."""
+    from zoo.analysis import compare, tables
+    from zoo.models.lenet import LeNet5, LeNetConfig
+    from zoo.registry import Variant, register_model
+
+    names = zoo.list_models()
+    monkeypatch.setenv("ZOO_COMPARE_WORKERS", "2")
+    if sys.platform != "linux":
+        assert tables._workers(len(names)) == 1
+        pytest.skip("the workers are forked: Linux only")
+    assert tables._workers(len(names)) == 2 and tables._workers(11) == 1  # too few models to share
+    parallel = compare(input_size=64)
+    monkeypatch.setenv("ZOO_COMPARE_WORKERS", "1")
+    assert tables._workers(len(names)) == 1
+    assert [r.as_dict() for r in parallel] == [r.as_dict() for r in compare(input_size=64)]
+    assert [r.name for r in parallel] == names
+
+    card = zoo.model_info("lenet5")
+    monkeypatch.setattr(zoo.registry, "_REGISTRY", dict(zoo.registry._REGISTRY))  # restored after the test
+    register_model(
+        family="custom",
+        paper=card.paper,
+        input_size=card.input_size,
+        min_input_size=card.min_input_size,
+        mean=card.mean,
+        std=card.std,
+        num_classes=10,
+        variants={"my_lenet": Variant(LeNetConfig(widths=(8, 16)), 62_558, "mine")},
+    )(type("MyLeNet", (LeNet5,), {}))
+    monkeypatch.setenv("ZOO_COMPARE_WORKERS", "2")
+    rows = compare(["my_lenet", *names[:11]])
+    assert [r.name for r in rows] == ["my_lenet", *names[:11]]
+    assert rows[0].params == 62_558 and rows[0].family == "custom"  # (6, 16) -> (8, 16): lenet5's 61,706 + 852
+
+
+def test_compare_workers_variable_is_checked(monkeypatch):
+    from zoo.analysis import compare
+    from zoo.errors import InvalidArgumentError
+
+    monkeypatch.setenv("ZOO_COMPARE_WORKERS", "two")
+    with pytest.raises(InvalidArgumentError, match="ZOO_COMPARE_WORKERS must be a whole number"):
+        compare(["lenet5"])

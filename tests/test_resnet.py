@@ -12,7 +12,7 @@ from torch import nn
 import zoo
 from zoo.errors import ConfigurationError, InputShapeError, WeightsError
 from zoo.models.resnet import ResNet, ResNetConfig
-from zoo.models.resnet_blocks import BasicBlock, Bottleneck, ZeroPadShortcut
+from zoo.models.resnet_blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ZeroPadShortcut
 from zoo.weights import import_weights
 
 from helpers import randomise_norms
@@ -151,6 +151,17 @@ def test_cifar_networks_have_no_torchvision_counterpart():
 def test_wrong_variant_weights_are_refused():
     with pytest.raises(WeightsError, match="do not fit"):
         import_weights(zoo.create("resnet18"), torchvision.models.resnet34())
+
+
+def test_zero_init_residual_of_pre_activation_blocks():
+    """Their last conv comes after its norm: the conv itself starts at zero (as timm's resnetv2), and the block
+    passes its input through unchanged (nothing follows the addition)."""
+    model = zoo.create("preact_resnet50", zero_init_residual=True).eval()
+    blocks = [m for m in model.modules() if isinstance(m, PreActBottleneck)]
+    assert len(blocks) == 16 and all(not b.conv3.conv.weight.any() and b.conv1.conv.weight.any() for b in blocks)
+    x = torch.randn(2, 256, 8, 8)  # negative values too: no activation after the sum
+    with torch.no_grad():
+        assert torch.equal(blocks[1](x), x)
 
 
 def test_zero_init_residual():
@@ -297,3 +308,64 @@ def test_arithmetic_of_a_dilated_network_matches_torch():
 def test_output_stride_errors_say_which_strides_there_are(bad):
     with pytest.raises(ConfigurationError, match=r"output_stride must be one of 4, 8, 16, 32 .*got"):
         zoo.create("resnet50", output_stride=bad)
+
+
+# --------------------------------------------------------------------------- pre-activation (ResNet v2)
+
+
+def test_pre_activation_block_order_and_shortcut():
+    """norm -> act -> conv twice, no activation after the sum; a projection shortcut starts from the first
+    norm and activation (the pre-activated input), an identity shortcut from the block's input."""
+    torch.manual_seed(0)
+    block = PreActBasicBlock(8, 16, 2).eval()
+    randomise_norms(block)
+    assert [n for n, _ in block.conv1.named_children()] == ["norm", "act", "conv"]
+    assert not hasattr(block, "act")  # nothing after the addition
+    assert [n for n, _ in block.downsample.named_children()] == ["conv"]  # a bare 1x1 conv
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        pre = torch.relu(block.conv1.norm(x))
+        branch = block.conv2.conv(torch.relu(block.conv2.norm(block.conv1.conv(pre))))
+        assert torch.allclose(block(x), branch + block.downsample.conv(pre), atol=1e-6)
+        same = PreActBasicBlock(8, 8).eval()
+        pre = torch.relu(same.conv1.norm(x))
+        branch = same.conv2.conv(torch.relu(same.conv2.norm(same.conv1.conv(pre))))
+        assert torch.allclose(same(x), branch + x, atol=1e-6)
+    assert (block(x) < 0).any()  # the sum is not activated
+
+
+def test_pre_activation_network_layout():
+    """A bare stem conv (no norm, no bias) and one norm + activation after the last block, before the head."""
+    model = zoo.create("preact_resnet18")
+    stem = model.stages[0].stem
+    assert [n for n, _ in stem.named_children()] == ["conv"] and stem.conv.bias is None
+    final = model.stages[-1].final
+    assert isinstance(final.norm, nn.BatchNorm2d) and final.norm.num_features == 512
+    assert isinstance(final.act, nn.ReLU)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (model.eval().forward_features(x) >= 0).all()  # the features are activated
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+@pytest.mark.parametrize("name", ["preact_resnet18", "preact_resnet50"])
+def test_pre_activation_outputs_match_timms_resnetv2(name, output_stride):
+    """With timm's weights and the same output_stride (dilation), the same outputs; timm's 1x1-conv
+    classifier loads into the linear one."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    theirs = timm.create_model(zoo.model_info(name).timm, output_stride=output_stride).eval()
+    randomise_norms(theirs)
+    ours = import_weights(zoo.create(name, output_stride=output_stride), theirs, "timm").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = theirs(x)
+        assert (ours(x) - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+        assert torch.allclose(ours.forward_features(x), theirs.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_pre_activation_networks_have_no_torchvision_counterpart():
+    with pytest.raises(WeightsError, match="torchvision has no pre-activation ResNet"):
+        import_weights(zoo.create("preact_resnet18"), torchvision.models.resnet18())
+    with pytest.raises(WeightsError, match="no timm counterpart"):
+        import_weights(zoo.create("preact_resnet18", stem="cifar"), zoo.create("preact_resnet18"), "timm")

@@ -155,6 +155,16 @@ class NormActConv(ConvNormAct):
             self.act = make_act(act_layer)
         self.conv = conv
 
+    def preactivate(self, x: Tensor) -> Tensor:
+        """The input after the norm and the activation, before the conv.
+
+        A pre-activation ResNet's projection shortcut starts here (`zoo.models.resnet_blocks`).
+        """
+        for name, module in self.named_children():
+            if name != "conv":
+                x = module(x)
+        return x
+
 
 def stochastic_depth(rate: float) -> nn.Module:
     """Stochastic depth (Huang et al. 2016): drop a residual branch per sample with probability `rate`

@@ -46,14 +46,8 @@ GRN's parameters ``mlp.grn.weight`` / ``mlp.grn.bias`` of shape (4C,) (the origi
 checkpoints' ``grn.gamma`` / ``grn.beta`` are (1, 1, 1, 4C)); the key map takes either shape.
 timm's atto ... nano run the MLP as 1x1 convs on (B, C, H, W) maps (``conv_mlp``); here every
 size runs the linear-layer form, with the same parameters and outputs equal to < 1e-5.
-``convnextv2_large`` and ``convnextv2_huge`` are not registered: the registry-wide tests of
-``convnextv2_large`` alone took 57 s on the 2-core CI machine (huge has 3.3 times large's
-parameters), beyond the CI budget. Each is one `ConvNeXtConfig` row away and imports timm's
-weights like the registered ones (``zoo.weights.import_weights(model, timm_model, "timm")``):
-``ConvNeXt(ConvNeXtConfig((3, 3, 27, 3), (192, 384, 768, 1536), grn=True,
-layer_scale_init_value=None))`` is timm's ``convnextv2_large`` (197,956,840 parameters), and
-widths (352, 704, 1408, 2816) give ``convnextv2_huge`` (660,289,640); tests/test_convnext.py
-checks both against timm.
+Every size of timm's ``convnextv2_*`` list is a row, up to ``convnextv2_huge`` (660,289,640
+parameters, the largest network here; its file is 2.6 GB in float32).
 The V2 paper pre-trains with a fully convolutional masked autoencoder (FCMAE, sparse
 convolutions); that is training, not the network, and is not here.
 
@@ -247,6 +241,8 @@ def _v2_row(config: ConvNeXtConfig, num_params: int, timm_name: str, notes: str 
             notes="timm defines convnextv2_small but publishes no weights for it (the V2 authors released none).",
         ),
         "convnextv2_base": _v2_row(_v2(_B.depths, _B.widths), 88_717_800, "convnextv2_base"),
+        "convnextv2_large": _v2_row(_v2(_L.depths, _L.widths), 197_956_840, "convnextv2_large"),
+        "convnextv2_huge": _v2_row(_v2(_L.depths, (352, 704, 1408, 2816)), 660_289_640, "convnextv2_huge"),
     },
 )
 class ConvNeXt(ZooClassifier):

@@ -40,6 +40,24 @@ per-pixel mean only; the zero channels are appended after the existing ones (the
 does not say where; any placement is equivalent up to a permutation of the learned
 filters).
 
+The pre-activation networks (`preact_resnet18` ... `preact_resnet152`; He, Zhang, Ren & Sun,
+"Identity Mappings in Deep Residual Networks", ECCV 2016, https://arxiv.org/abs/1603.05027) move
+each block's batch norm and ReLU in front of its convs (`PreActBasicBlock`, `PreActBottleneck`,
+built from the shared `NormActConv`) and leave nothing after the addition, so that the shortcuts
+form a clean identity path through the whole network. They are timm's ``resnetv2_18`` ...
+``resnetv2_152`` exactly (parameters; outputs after `timm_key_map`), and differ from the v1
+networks above in three places besides the blocks: the stem is a bare 7x7 conv (no norm, no
+bias; the first block's norm and ReLU follow it), a projection shortcut is a bare 1x1 conv that
+starts from the block's pre-activated input (the norm and ReLU shared with the residual branch),
+and one more batch norm and ReLU follow the last block (``stages.4.final``), before the pool.
+Departures from the paper: it reports ImageNet results for ResNet-152 and -200 only (the other
+depths are timm's, trained by timm); the bottleneck strides in its 3x3 conv (timm's choice, as
+for the v1 networks above); in ResNet-18/34, whose first block has no projection, the first
+shortcut starts from the max pool's output, not from an activated one (the paper puts an
+activation right after its first conv, before the first split). ``zero_init_residual`` zeroes
+each block's last conv (its norm is before it). torchvision has no pre-activation ResNet, so
+their weights come from timm.
+
 Stages (`forward_stages`, `stage_strides`): for the ImageNet networks, the stem
 (7x7 conv, batch norm, ReLU, stride 2, 64 channels), then max pool + layer1 (stride 4),
 layer2 (8), layer3 (16), layer4 (32) - the stem is a stage of its own because it is the
@@ -68,6 +86,7 @@ their 3x3 convs as timm does.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from torch import nn
@@ -75,10 +94,19 @@ from torch import nn
 from zoo.arithmetic import LayerGeometry, module_chain
 from zoo.checks import check_int, check_number
 from zoo.errors import ConfigurationError, WeightsError
-from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory
+from zoo.layers import ConvNormAct, GlobalAvgPool2d, LayerFactory, make_act
 from zoo.models.base import WeightInit, ZooClassifier, he_normal
-from zoo.models.resnet_blocks import SHORTCUTS, BasicBlock, Bottleneck, _ResidualBlock
+from zoo.models.resnet_blocks import (
+    SHORTCUTS,
+    BasicBlock,
+    Bottleneck,
+    PreActBasicBlock,
+    PreActBottleneck,
+    _PreActBlock,
+    _ResidualBlock,
+)
 from zoo.registry import Paper, Variant, register_model
+from zoo.weights import Reshape
 
 PAPER = Paper(
     "Deep Residual Learning for Image Recognition",
@@ -91,6 +119,12 @@ RESNEXT_PAPER = Paper(
     2017,
     "https://arxiv.org/abs/1611.05431",
     "S. Xie, R. Girshick, P. Dollar, Z. Tu, K. He",
+)
+PREACT_PAPER = Paper(
+    "Identity Mappings in Deep Residual Networks",
+    2016,
+    "https://arxiv.org/abs/1603.05027",
+    "K. He, X. Zhang, S. Ren, J. Sun",
 )
 WRN_PAPER = Paper("Wide Residual Networks", 2016, "https://arxiv.org/abs/1605.07146", "S. Zagoruyko, N. Komodakis")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -105,7 +139,7 @@ class ResNetConfig:
     stage keeps the stem's grid, every later one halves it in its first block.
     """
 
-    block: type[BasicBlock] | type[Bottleneck]
+    block: type[_ResidualBlock]  # BasicBlock, Bottleneck, or their pre-activation forms
     depths: tuple[int, ...]  # blocks per stage
     widths: tuple[int, ...] = (64, 128, 256, 512)
     groups: int = 1  # of the bottleneck's 3x3 conv (ResNeXt cardinality)
@@ -119,7 +153,7 @@ class ResNetConfig:
 
 
 def _imagenet(
-    block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...], groups: int = 1, width_per_group: int = 64
+    block: type[_ResidualBlock], depths: tuple[int, ...], groups: int = 1, width_per_group: int = 64
 ) -> ResNetConfig:
     return ResNetConfig(block, depths, groups=groups, width_per_group=width_per_group)
 
@@ -141,6 +175,11 @@ def _cifar(n: int) -> ResNetConfig:
 
 def _tv(name: str, config: ResNetConfig, num_params: int, paper: Paper | None = None) -> Variant:
     return Variant(config, num_params, f"torchvision.models.{name}", paper=paper, torchvision=name, timm=name)
+
+
+def _preact(name: str, block: type[_ResidualBlock], depths: tuple[int, ...], num_params: int) -> Variant:
+    timm_name = name.replace("preact_resnet", "resnetv2_")
+    return Variant(_imagenet(block, depths), num_params, f"timm.models.{timm_name}", paper=PREACT_PAPER, timm=timm_name)
 
 
 def _paper(config: ResNetConfig, num_params: int, table_count: str) -> Variant:
@@ -180,6 +219,11 @@ def _paper(config: ResNetConfig, num_params: int, table_count: str) -> Variant:
         "wide_resnet50_2": _tv(
             "wide_resnet50_2", _imagenet(Bottleneck, (3, 4, 6, 3), width_per_group=128), 68_883_240, WRN_PAPER
         ),
+        "preact_resnet18": _preact("preact_resnet18", PreActBasicBlock, (2, 2, 2, 2), 11_687_720),
+        "preact_resnet34": _preact("preact_resnet34", PreActBasicBlock, (3, 4, 6, 3), 21_795_880),
+        "preact_resnet50": _preact("preact_resnet50", PreActBottleneck, (3, 4, 6, 3), 25_549_352),
+        "preact_resnet101": _preact("preact_resnet101", PreActBottleneck, (3, 4, 23, 3), 44_541_480),
+        "preact_resnet152": _preact("preact_resnet152", PreActBottleneck, (3, 8, 36, 3), 60_185_128),
     },
 )
 class ResNet(ZooClassifier):
@@ -233,6 +277,7 @@ class ResNet(ZooClassifier):
         check_number(drop_path_rate, "drop_path_rate", "resnet", below=1)
         # The torchvision layout: a stride-2 stem of its own and projection shortcuts.
         self._torchvision_layout = config.stem_stride > 1 and config.shortcut == "B"
+        self._preact = issubclass(config.block, _PreActBlock)
 
         stages, channels, strides = _build_stages(
             config, in_channels, norm_layer, act_layer, drop_path_rate, output_stride
@@ -251,9 +296,8 @@ class ResNet(ZooClassifier):
         self.init_weights()
         if zero_init_residual:
             for m in self.modules():
-                norm = m.last_norm() if isinstance(m, _ResidualBlock) else None
-                if norm is not None and getattr(norm, "weight", None) is not None:
-                    nn.init.zeros_(norm.weight)
+                if isinstance(m, _ResidualBlock):
+                    m.zero_init_last()
 
     def spatial_chain(self) -> list[LayerGeometry]:
         """The main path only: stem conv, max pool, then every block's convs (no shortcut convs)."""
@@ -261,27 +305,59 @@ class ResNet(ZooClassifier):
 
     def torchvision_key_map(self) -> dict[str, str]:
         """Our module paths -> torchvision's ``conv1``, ``bn1``, ``layerN.i.convK/bnK/downsample.0/1``, ``fc``."""
+        if self._preact:
+            raise WeightsError(
+                f"{self.model_name} has no torchvision counterpart: torchvision has no pre-activation ResNet "
+                "(timm's resnetv2_* are)"
+            )
         if not self._torchvision_layout:
             raise WeightsError(
                 f"{self.model_name} has no torchvision counterpart: torchvision's ResNets have a stride-2 stem "
                 "and projection (option B) shortcuts"
             )
         key_map = {"stages.0.stem.conv": "conv1", "stages.0.stem.norm": "bn1", "fc": "fc"}
+        for ours, layer, n, block in self._blocks():
+            theirs = f"layer{layer + 1}.{n}"
+            for k in range(1, block.num_convs + 1):
+                key_map[f"{ours}.conv{k}.conv"] = f"{theirs}.conv{k}"
+                key_map[f"{ours}.conv{k}.norm"] = f"{theirs}.bn{k}"
+            if block.downsample is not None:
+                key_map[f"{ours}.downsample.conv"] = f"{theirs}.downsample.0"
+                key_map[f"{ours}.downsample.norm"] = f"{theirs}.downsample.1"
+        return key_map
+
+    def timm_key_map(self) -> dict[str, str]:
+        """timm's ResNets are named as torchvision's; its pre-activation ``resnetv2_*`` as below.
+
+        ``stem.conv``, ``stages.N.blocks.i.normK/convK/downsample.conv``, the final ``norm``, and
+        the classifier ``head.fc``, a 1x1 conv in timm (``Reshape``: (classes, C, 1, 1) -> (classes, C)).
+        """
+        if not self._preact:
+            return self.torchvision_key_map()
+        if not self._torchvision_layout:
+            raise WeightsError(
+                f"{self.model_name} has no timm counterpart: timm's resnetv2_* have a stride-2 stem and projection "
+                "(option B) shortcuts"
+            )
+        key_map = {"stages.0.stem.conv": "stem.conv", f"stages.{len(self.stages) - 1}.final.norm": "norm"}
+        key_map["fc"] = Reshape("head.fc")
+        for ours, layer, n, block in self._blocks():
+            theirs = f"stages.{layer}.blocks.{n}"
+            for k in range(1, block.num_convs + 1):
+                key_map[f"{ours}.conv{k}.conv"] = f"{theirs}.conv{k}"
+                key_map[f"{ours}.conv{k}.norm"] = f"{theirs}.norm{k}"
+            if block.downsample is not None:
+                key_map[f"{ours}.downsample.conv"] = f"{theirs}.downsample.conv"
+        return key_map
+
+    def _blocks(self) -> Iterator[tuple[str, int, str, _ResidualBlock]]:
+        """(our module path, the index among the stages that hold blocks, the block's name, the block)."""
         layer = 0
         for s, stage in enumerate(self.stages):
             blocks = [(n, m) for n, m in stage.named_children() if isinstance(m, _ResidualBlock)]
-            if not blocks:
-                continue
-            layer += 1
             for n, block in blocks:
-                ours, theirs = f"stages.{s}.{n}", f"layer{layer}.{n}"
-                for k in range(1, block.num_convs + 1):
-                    key_map[f"{ours}.conv{k}.conv"] = f"{theirs}.conv{k}"
-                    key_map[f"{ours}.conv{k}.norm"] = f"{theirs}.bn{k}"
-                if block.downsample is not None:
-                    key_map[f"{ours}.downsample.conv"] = f"{theirs}.downsample.0"
-                    key_map[f"{ours}.downsample.norm"] = f"{theirs}.downsample.1"
-        return key_map
+                yield f"stages.{s}.{n}", layer, n, block
+            layer += bool(blocks)
 
 
 def _check_config(config: ResNetConfig) -> None:
@@ -326,13 +402,15 @@ def _build_stages(
             f"resnet: output_stride must be one of {', '.join(map(str, reachable))} (the strides its stages reach; "
             f"below {reachable[-1]} the later stages dilate instead), got {output_stride!r}"
         )
-    stem = ConvNormAct(
+    preact = issubclass(config.block, _PreActBlock)
+    stem = ConvNormAct(  # pre-activation: a bare conv (the first block's norm and activation follow it)
         in_channels,
         config.stem_width,
         config.stem_kernel,
         config.stem_stride,
-        norm_layer=norm_layer,
-        act_layer=act_layer,
+        bias=False if preact else None,
+        norm_layer=None if preact else norm_layer,
+        act_layer=None if preact else act_layer,
     )
     stages: list[nn.Sequential] = []
     channels: list[int] = []
@@ -377,6 +455,9 @@ def _build_stages(
             c = width * config.block.expansion
             stride *= block_stride
             block_index += 1
+        if preact and i == len(config.depths) - 1:  # the sums are normalised once more, before the head
+            final = [("norm", norm_layer(c))] if norm_layer is not None else []
+            layers.append(("final", nn.Sequential(OrderedDict([*final, ("act", make_act(act_layer))]))))
         stages.append(nn.Sequential(OrderedDict(layers)))  # (B, c, H/stride, W/stride)
         channels.append(c)
         strides.append(stride)

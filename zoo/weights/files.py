@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
             from safetensors.torch import load_file as load_safetensors
 
             return load_safetensors(str(path))
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # every failure to read becomes one user-facing line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "Weights only load failed" in reason:  # torch's advice to retry unsafely is not ours to give
