@@ -19,6 +19,9 @@ def load_file(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict from a ``.safetensors`` file or a torch file, never running code.
 
     A Lightning checkpoint of `zoo fit` gives its network's state dict (the ``net.`` prefix removed).
+    A torch file in the zip format (torch.save's since 1.6) is memory-mapped (copy on write), so
+    its tensors are read from the file's pages as they are copied into the model instead of into
+    memory first (``create("convnext_xlarge", weights=FILE)``, 1.4 GB: 3.9 s instead of 5.0 s).
     """
     path = Path(path)
     if path.is_dir():
