@@ -130,3 +130,13 @@ def zoo_cli(tmp_path_factory: pytest.TempPathFactory):
     cli = ZooCli(tmp_path_factory.mktemp("zoo-cli"))
     yield cli
     cli.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run only when asked for (``-m slow``); the default run leaves them out."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]

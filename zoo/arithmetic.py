@@ -264,7 +264,12 @@ def layer_geometry(name: str, module: nn.Module) -> LayerGeometry | None:
 
 def module_chain(modules: Iterable[tuple[str, nn.Module]]) -> list[LayerGeometry]:
     """The geometries of the spatial layers among `modules` (e.g. ``model.named_modules()``), in order."""
-    return [g for name, m in modules if (g := layer_geometry(name, m)) is not None]
+    chain = []
+    for name, m in modules:  # (a loop, not a comprehension with `:=`: strict torch.export traces this)
+        g = layer_geometry(name, m)
+        if g is not None:
+            chain.append(g)
+    return chain
 
 
 def output_sizes(chain: Sequence[LayerGeometry], size: Sequence[int], *, exact: bool = False) -> list[tuple[int, int]]:
@@ -360,7 +365,7 @@ def receptive_fields(chain: Sequence[LayerGeometry]) -> list[ReceptiveField]:
 
 def total_stride(chain: Sequence[LayerGeometry]) -> tuple[int, int]:
     """The product of the strides of a chain (the output stride)."""
-    return (math.prod(g.stride[0] for g in chain), math.prod(g.stride[1] for g in chain))
+    return (math.prod([g.stride[0] for g in chain]), math.prod([g.stride[1] for g in chain]))
 
 
 # --------------------------------------------------------------------------- valid input sizes
@@ -398,7 +403,7 @@ def nearest_valid_sizes(chain: Sequence[LayerGeometry], size: int, axis: int = 0
         >>> nearest_valid_sizes(unet_chain(4), 100)
         (None, 188)
     """
-    period = math.prod(g.stride[axis] for g in chain)
+    period = math.prod([g.stride[axis] for g in chain])  # (lists: strict torch.export traces this)
     below = next((n for n in range(size, max(size - period, 0), -1) if misfit(chain, n, axis) is None), None)
     start = max(size, _min_axis_input(chain, axis))
     above = next((n for n in range(start, start + period) if misfit(chain, n, axis) is None), None)

@@ -292,7 +292,7 @@ class MaxUnpool(nn.Module):
         self.stride = self.kernel_size if stride is None else check_int(stride, "stride", "MaxUnpool")
 
     def forward(self, x: Tensor, indices: Tensor, size: tuple[int, int]) -> Tensor:
-        if indices.shape != x.shape:
+        if not torch.jit.is_tracing() and indices.shape != x.shape:  # (a trace is specialised to its input)
             raise ConfigurationError(
                 f"MaxUnpool: the indices {tuple(indices.shape)} must have the input's shape {tuple(x.shape)}; "
                 "pass the indices the matching max-pool returned (return_indices=True)"

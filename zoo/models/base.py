@@ -145,8 +145,8 @@ def _lazy_compiler_disable(fn: Any) -> Any:
     @functools.wraps(fn)
     def inner(*args: Any, **kwargs: Any) -> Any:
         nonlocal disabled
-        if "torch._dynamo" not in sys.modules:
-            return fn(*args, **kwargs)
+        if "torch._dynamo" not in sys.modules or torch.compiler.is_exporting():
+            return fn(*args, **kwargs)  # an export traces it instead (strict export cannot skip a function)
         if disabled is None:
             disabled = torch.compiler.disable(fn)
         return disabled(*args, **kwargs)
@@ -180,7 +180,8 @@ class ZooNetwork(nn.Module):
         cached = self.__dict__.get("_min_input_size")
         if cached is None:
             cached = self.fixed_input_size or min_input_size(self.spatial_chain())
-            self.__dict__["_min_input_size"] = cached
+            if not torch.compiler.is_compiling():  # a strict export would report the write as a side effect
+                self.__dict__["_min_input_size"] = cached
         return cached
 
     @property
@@ -267,12 +268,14 @@ class ZooNetwork(nn.Module):
             return
         self._check_min_size(h, w, "resize or pad the input")
 
-    def _check_min_size(self, h: int, w: int, advice: str) -> None:
-        """The one message for an input below `min_input_size`: where the map collapses, then `advice`."""
+    def _check_min_size(self, h: int, w: int, advice: str | Callable[[], str]) -> None:
+        """The one message for an input below `min_input_size`: where the map collapses, then `advice`
+        (or what the function `advice` returns: made only for the message)."""
         mh, mw = self.min_input_size
         if h < mh or w < mw:
             where = collapse_point(self.spatial_chain(), (h, w))
             at = f": the feature map collapses at {where[0]}" if where else ""
+            advice = advice if isinstance(advice, str) else advice()
             raise InputShapeError(f"{self.model_name} needs an input of at least {mh}x{mw}, got {h}x{w}{at}; {advice}")
 
 
@@ -445,7 +448,7 @@ class ZooSegmenter(ZooNetwork):
             "or create the model with pad_input=True"
         )
         mh, mw = self.min_input_size
-        self._check_min_size(h, w, f"valid sizes are {self.valid_sizes_rule()}, the smallest {mh}x{mw}; {fix}")
+        self._check_min_size(h, w, lambda: f"valid sizes are {self.valid_sizes_rule()}, the smallest {mh}x{mw}; {fix}")
         for axis, size, what in ((0, h, "height"), (1, w, "width")):
             below, above = self.nearest_valid_sizes(size, axis)
             if below != size:
