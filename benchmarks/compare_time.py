@@ -33,7 +33,14 @@ def main() -> None:
             times[repo].append(time.perf_counter() - start)
             print(f"{repo}: {times[repo][-1]:.2f} s", flush=True)
     for repo, seconds in times.items():
-        print(f"{repo}: median {statistics.median(seconds):.2f} s of {len(seconds)} runs")
+        count = subprocess.run(
+            [sys.executable, "-c", "import zoo; print(len(zoo.list_models()))"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        print(f"{repo}: median {statistics.median(seconds):.2f} s of {len(seconds)} runs ({count} models)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
