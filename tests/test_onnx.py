@@ -36,32 +36,9 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip 
 
 from zoo.deploy import OnnxModel, dynamic_size_problem, export_onnx, export_run, predict_onnx, tolerance  # noqa: E402
 
+from helpers import random_model  # noqa: E402
+
 SMALL = 1_000_000  # the models also checked with their weights inside the file
-
-
-_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_")
-_NOISE = torch.rand(1 << 20, generator=torch.Generator().manual_seed(0)) * 2 - 1  # U(-1, 1), 4 MB
-
-
-def _build(name: str, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
-    """`name` with random weights, fast: zoo's initialisation (seconds for ConvNeXt-XL) is skipped and every
-    tensor is tiled from a fixed random vector, scaled by its fan-in; batch-norm statistics are perturbed."""
-    with monkeypatch.context() as m:
-        for init in _INITS:
-            m.setattr(torch.nn.init, init, lambda tensor, *args, **kwargs: tensor)
-        model = zoo.create(name).eval()
-    with torch.no_grad():
-        for i, (key, t) in enumerate(model.state_dict().items()):
-            if not t.is_floating_point():
-                continue
-            scale = 0.5 if key.endswith("running_var") else (t[0].numel() if t.dim() > 1 else 1) ** -0.5
-            flat, noise = t.view(-1), _NOISE.roll(i * 7919)
-            for start in range(0, flat.numel(), noise.numel()):
-                piece = flat[start : start + noise.numel()]
-                torch.mul(noise[: piece.numel()], scale, out=piece)
-            if key.endswith("running_var"):
-                t.add_(1)  # 0.5 .. 1.5
-    return model
 
 
 def _second_size(model: torch.nn.Module, h: int) -> int:
@@ -90,8 +67,8 @@ def _foldable_batch_norms(model: torch.nn.Module) -> int:
     )
 
 
-def _export_and_check(name: str, path: Path, weights_in_file: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _build(name, monkeypatch)
+def _export_and_check(name: str, path: Path, weights_in_file: bool) -> None:
+    model = random_model(name)
     c = model.in_channels
     h, w = model.min_input_size
     dynamic = dynamic_size_problem(model) is None
@@ -124,17 +101,13 @@ def _export_and_check(name: str, path: Path, weights_in_file: bool, monkeypatch:
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
-def test_every_models_graph_exports_and_matches_in_onnxruntime(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _export_and_check(name, tmp_path / f"{name}.onnx", False, monkeypatch)
+def test_every_models_graph_exports_and_matches_in_onnxruntime(name: str, tmp_path: Path) -> None:
+    _export_and_check(name, tmp_path / f"{name}.onnx", False)
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.list_models() if zoo.model_info(n).num_params < SMALL])
-def test_small_models_export_with_their_weights_inside(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _export_and_check(name, tmp_path / f"{name}.onnx", True, monkeypatch)
+def test_small_models_export_with_their_weights_inside(name: str, tmp_path: Path) -> None:
+    _export_and_check(name, tmp_path / f"{name}.onnx", True)
 
 
 def test_dynamic_size_is_refused_where_the_graph_depends_on_the_size(tmp_path: Path) -> None:
@@ -171,10 +144,10 @@ def test_an_impossible_input_size_is_the_models_one_line_error(
     assert not (tmp_path / "l.onnx").exists()
 
 
-def test_an_adaptive_pool_exports_at_any_fixed_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_adaptive_pool_exports_at_any_fixed_size(tmp_path: Path) -> None:
     # AlexNet at 100x80 (weights inside the file): its 6x6 pool reads a 2x1 map, overlapping
     # windows that no ONNX operator has; they are exported as matrix products
-    alexnet = _build("alexnet", monkeypatch)
+    alexnet = random_model("alexnet")
     path = export_onnx(alexnet, tmp_path / "a.onnx", input_size="3x100x80")
     session = OnnxModel(path)
     assert session.batch_size == 1 and session.input_shape == [1, 3, 100, 80] and not session.feeds
