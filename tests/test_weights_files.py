@@ -9,8 +9,9 @@ checked for every registered model.
 The references are built on the meta device and filled with random numbers, and zoo's random
 initialisation is skipped (`skip_random_init`: every tensor is then loaded from the file), which
 keeps the whole registry within seconds per model. The largest models (over 100M parameters: VGG,
-ConvNeXt-L/XL) are checked by one eval forward at their minimum size, and in zoo's own layout
-(the identity map, checked in both formats on every other model) through the checkpoint only.
+ConvNeXt-L/XL, ConvNeXt V2-L/H) are checked by one eval forward at their minimum size, and in
+zoo's own layout (the identity map, checked in both formats on every other model) through the
+checkpoint only, whose tensors repeat one random slice each (`_light_state`).
 """
 
 from __future__ import annotations
