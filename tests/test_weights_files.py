@@ -9,7 +9,9 @@ checked for every registered model.
 The references are built on the meta device and filled with random numbers, and zoo's random
 initialisation is skipped (`skip_random_init`: every tensor is then loaded from the file), which
 keeps the whole registry within seconds per model. The largest models (over 100M parameters: VGG,
-ConvNeXt-L/XL, ConvNeXt V2-L/H) are checked by one eval forward at their minimum size, and in
+ConvNeXt-L/XL, ConvNeXt V2-L/H) are checked by one eval forward at their minimum size, from the
+format their source publishes (torchvision's .pth, timm's .safetensors: both formats are checked
+on every other model), and in
 zoo's own layout (the identity map, checked in both formats on every other model) through the
 checkpoint only, whose tensors repeat one random slice each (`_light_state`).
 """
@@ -94,9 +96,10 @@ def saved(tmp_path_factory: pytest.TempPathFactory):
     """Build one reference at a time; its files are written one format at a time."""
     folder = tmp_path_factory.mktemp("references")
 
-    def files(state: dict):
-        """Each format in turn, deleted before the next (ConvNeXt-XL's file alone is 1.4 GB)."""
-        for fmt, write in (("pth", torch.save), ("safetensors", lambda s, p: save_file(s, str(p)))):
+    def files(state: dict, formats: tuple[str, ...]):
+        """Each format in turn, deleted before the next (ConvNeXt V2-H's file alone is 2.6 GB)."""
+        writers = {"pth": torch.save, "safetensors": lambda s, p: save_file(s, str(p))}
+        for fmt, write in ((f, writers[f]) for f in formats):
             path = folder / f"weights.{fmt}"
             write(state, path)
             try:
@@ -109,7 +112,9 @@ def saved(tmp_path_factory: pytest.TempPathFactory):
         state = {k: v.contiguous() for k, v in ref.state_dict().items()}
         if zoo.model_info(name).num_params <= LARGE:  # a training-mode forward moves batch-norm statistics
             state = {k: v.clone() for k, v in state.items()}
-        return ref, state, files(state)
+            return ref, state, files(state, ("pth", "safetensors"))
+        # the largest: the format their source publishes (torchvision .pth, timm's hub .safetensors)
+        return ref, state, files(state, ("pth",) if source == "torchvision" else ("safetensors",))
 
     return save
 
